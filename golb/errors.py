@@ -29,6 +29,7 @@ ERRORS = {
     "no-route": (404, "No route matches this request."),
     "request-timeout": (408, "The request was not received in time."),
     "body-too-large": (413, "The request body is too large."),
+    "uri-too-long": (414, "The request line is too long."),
     "rate-limited": (429, "Too many requests."),
     "headers-too-large": (431, "The request headers are too large."),
     "bad-gateway": (502, "The backend could not be reached."),

@@ -1,0 +1,270 @@
+"""
+The client-facing HTTP/1.1 server of a golb listener.
+
+A L{GolbSite} serves one listener: its connections are L{GolbChannel}s, strict
+about framing and limits (see L{golb._channel}), and its requests are
+L{GolbRequest}s, which know their real client address and scheme.  Requests
+reach the resource only once complete and unambiguous; the body is buffered
+by Twisted in C{request.content} (memory, or a temporary file above 100 kB),
+C{request.bodyLength} bytes long.
+"""
+
+import ipaddress
+from typing import Optional, Sequence, Tuple, Union
+
+from twisted.web.server import Request, Site
+
+from golb._channel import GolbChannel
+from golb.errors import GolbError
+
+__all__ = ["GolbChannel", "GolbRequest", "GolbSite", "parseAddress"]
+
+_IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+_Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+
+def parseAddress(text: Union[str, bytes]) -> Optional[_IPAddress]:
+    """
+    Parse one address as found in a peer, C{X-Forwarded-For} or C{Forwarded}
+    C{for=}: C{1.2.3.4}, C{1.2.3.4:80}, C{::1}, C{[::1]:80}, optionally
+    quoted.  IPv4-mapped IPv6 addresses become IPv4 ones.
+
+    @return: the address, or L{None} when C{text} is not one (C{unknown},
+        an obfuscated C{_name}, garbage).
+    """
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    text = text.strip(" \t").strip('"')
+    if text.startswith("["):
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address
+
+
+def _isTrusted(address: _IPAddress, trusted: Tuple[_Network, ...]) -> bool:
+    for network in trusted:
+        if address in network:
+            return True
+    return False
+
+
+def _forwardedFor(headers) -> list:
+    """
+    The hops a request went through, left (client) to right (last proxy),
+    from C{X-Forwarded-For}, or from C{Forwarded} C{for=} when there is none.
+    An element without C{for=} counts as an unknown hop.
+    """
+    values = headers.getRawHeaders(b"x-forwarded-for")
+    if values:
+        return b",".join(values).split(b",")
+    hops = []
+    for value in headers.getRawHeaders(b"forwarded", []):
+        for element in value.split(b","):
+            hop = b""
+            for pair in element.split(b";"):
+                key, _, pairValue = pair.partition(b"=")
+                if key.strip(b" \t").lower() == b"for":
+                    hop = pairValue
+            hops.append(hop)
+    return hops
+
+
+class GolbRequest(Request):
+    """
+    A request received by a golb listener.
+
+    @ivar maxBodyBytes: the largest body accepted, from the site; lower it
+        (before the body is read) to be stricter; L{None} for no limit.
+    @ivar bodyLength: how many body bytes have been received so far (all of
+        them once the resource is called); the body is C{self.content}.
+    @ivar listenerName: the name of the listener that received the request.
+
+    Unlike Twisted's, a response gets no default C{Content-Type}: a proxied
+    response keeps exactly the headers its backend sent.
+    """
+
+    defaultContentType = None
+    maxBodyBytes: Optional[int] = None
+    bodyLength = 0
+    _clientAddress: Optional[str] = None
+    _scheme = "http"
+
+    def __init__(self, channel, *args, **kwargs):
+        Request.__init__(self, channel, *args, **kwargs)
+        site = channel.site
+        self.maxBodyBytes = site.maxBodyBytes
+        self.listenerName = site.listenerName
+        self._trustedProxies = site.trustedProxies
+        self._scheme = "https" if channel.isSecure() else "http"
+
+    def handleContentChunk(self, data):
+        """
+        Buffer body bytes, answering 413 as soon as they exceed
+        C{maxBodyBytes}.
+        """
+        self.bodyLength += len(data)
+        limit = self.maxBodyBytes
+        if limit is not None and self.bodyLength > limit:
+            self.channel.rejectAndClose(GolbError("body-too-large"))
+            return
+        Request.handleContentChunk(self, data)
+
+    def clientAddress(self) -> str:
+        """
+        The real client's IP address: the peer's, unless the peer is a
+        trusted proxy; then the right-most untrusted address of
+        C{X-Forwarded-For} (or C{Forwarded} C{for=}).  Addresses are never
+        taken from headers sent by an untrusted peer.
+
+        @return: the address as text (C{""} for a peer without one, such as
+            a UNIX socket).
+        """
+        if self._clientAddress is None:
+            self._clientAddress = self._findClientAddress()
+        return self._clientAddress
+
+    def _findClientAddress(self) -> str:
+        peerHost = getattr(self.client, "host", None)
+        if peerHost is None:
+            return ""
+        peer = parseAddress(peerHost)
+        if peer is None:
+            return peerHost
+        trusted = self._trustedProxies
+        if not trusted or not _isTrusted(peer, trusted):
+            return str(peer)
+        last = peer
+        for hop in reversed(_forwardedFor(self.requestHeaders)):
+            address = parseAddress(hop)
+            if address is None:
+                break
+            last = address
+            if not _isTrusted(address, trusted):
+                break
+        return str(last)
+
+    def scheme(self) -> str:
+        """
+        C{"https"} when the client connection is TLS, else C{"http"}.
+        Known from the start, so still right after the response is finished.
+        """
+        return self._scheme
+
+    def requestReceived(self, command, path, version):
+        """
+        Turn an absolute-form target (C{GET http://host/path}) into its
+        origin-form and Host (RFC 9112 section 3.2.2) before processing.
+        """
+        scheme, sep, rest = path.partition(b"://")
+        if sep and path[:1] != b"/" and scheme.lower() in (b"http", b"https"):
+            cut = len(rest)
+            for delimiter in (b"/", b"?"):
+                index = rest.find(delimiter)
+                if index != -1:
+                    cut = min(cut, index)
+            authority, path = rest[:cut], rest[cut:]
+            if path[:1] != b"/":
+                path = b"/" + path
+            self.requestHeaders.setRawHeaders(b"host", [authority])
+        Request.requestReceived(self, command, path, version)
+
+    def render(self, resrc):
+        """
+        Render without Twisted's C{Server: TwistedWeb/...} header.
+        """
+        self.responseHeaders.removeHeader(b"server")
+        Request.render(self, resrc)
+
+    def processingFailed(self, reason):
+        """
+        Twisted's 500 for an unhandled error, without its C{Server} header.
+        """
+        self.responseHeaders.removeHeader(b"server")
+        return Request.processingFailed(self, reason)
+
+
+class GolbSite(Site):
+    """
+    The L{Site} of one golb listener.
+
+    @ivar openConnections: the L{GolbChannel}s currently connected (for
+        draining on shutdown).
+    @ivar maxHeaderCount: the most header fields in one request (431).
+    @ivar maxRequestLineBytes: the longest request line (414).
+    """
+
+    protocol = GolbChannel
+    requestFactory = GolbRequest
+    maxHeaderCount = 500
+    maxRequestLineBytes = 8192
+
+    def __init__(
+        self,
+        resource,
+        *,
+        reactor=None,
+        maxHeaderBytes: int = 65536,
+        maxBodyBytes: Optional[int] = 100 * 2**20,
+        requestHeaderTimeout: Optional[float] = 10.0,
+        idleTimeout: Optional[float] = 60.0,
+        trustedProxies: Sequence[Union[str, _Network]] = (),
+        listenerName: str = "default",
+    ):
+        """
+        @param resource: the root resource.
+        @param reactor: an C{IReactorTime} for the timeouts (the global
+            reactor when L{None}).
+        @param maxHeaderBytes: the most bytes of a request head (431).
+        @param maxBodyBytes: the largest request body (413), or L{None}.
+        @param requestHeaderTimeout: seconds from a request's first byte until
+            all of it must have arrived (408), or L{None}.
+        @param idleTimeout: seconds a connection may stay idle between
+            requests before it is closed silently, or L{None}.
+        @param trustedProxies: networks (L{ipaddress} networks or text) whose
+            C{X-Forwarded-For} / C{Forwarded} headers are believed.
+        @param listenerName: the listener's name, for logs and metrics.
+        """
+        Site.__init__(
+            self,
+            resource,
+            requestFactory=GolbRequest,
+            timeout=idleTimeout,
+            reactor=reactor,
+            parsePOSTFormSubmission=False,
+        )
+        self.maxHeaderBytes = maxHeaderBytes
+        self.maxBodyBytes = maxBodyBytes
+        self.requestHeaderTimeout = requestHeaderTimeout
+        self.idleTimeout = idleTimeout
+        self.trustedProxies = tuple(
+            ipaddress.ip_network(network) if isinstance(network, str) else network
+            for network in trustedProxies
+        )
+        self.listenerName = listenerName
+        self.openConnections = set()
+
+    def startFactory(self):
+        """
+        Nothing to start: golb writes its own access log, so Twisted's log
+        clock is not needed.
+        """
+
+    def stopFactory(self):
+        """
+        Nothing to stop; see L{startFactory}.
+        """
+
+    def log(self, request):
+        """
+        No Twisted access log line; golb's access log is written elsewhere.
+        """
