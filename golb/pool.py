@@ -1,0 +1,292 @@
+"""
+Backend pools and the live state of each backend.
+
+A L{Backend} is mutable state that outlives configuration reloads: it is keyed
+by (pool name, url) and handed from one L{golb.runtime.Runtime} to the next
+while the backend stays configured.  A L{Pool} is rebuilt on each reload; it
+holds the configuration, the backends in order and the balancer.
+"""
+
+import time
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
+
+import attr
+from twisted.logger import Logger
+
+from golb.balancing import IBalancer, balancerFor
+
+__all__ = ["ADMIN_STATES", "Backend", "BackendRegistry", "Pool", "RetryBudget"]
+
+ADMIN_STATES = ("ready", "drain", "maint")
+
+
+@attr.s(eq=False, repr=False)
+class Backend:
+    """
+    One backend server and its live state (mutable).
+
+    @ivar pool: the name of the pool it belongs to.
+    @ivar id: its id in admin and metrics: the configured name, else host:port.
+    @ivar url: the configured URL.
+    @ivar state: the admin state: C{ready}, C{drain} (no new requests; sticky
+        ones still) or C{maint} (nothing).
+    @ivar healthy: the verdict of health checking.
+    @ivar inFlight: requests being forwarded to it right now.
+    @ivar upstream: its connection pool (a L{golb.upstream.UpstreamPool}).
+    """
+
+    pool: str = attr.ib()
+    id: str = attr.ib()
+    url: str = attr.ib()
+    scheme: str = attr.ib()
+    host: str = attr.ib()
+    port: int = attr.ib()
+    pathPrefix: str = attr.ib(default="")
+    weight: int = attr.ib(default=1)
+    maxConnections: int = attr.ib(default=0)
+    backup: bool = attr.ib(default=False)
+    state: str = attr.ib(default="ready")
+    healthy: bool = attr.ib(default=True)
+    inFlight: int = attr.ib(default=0)
+    requests: int = attr.ib(default=0)
+    failures: int = attr.ib(default=0)
+    upstream: Optional[object] = attr.ib(default=None)
+
+    def __repr__(self) -> str:
+        return f"<Backend {self.pool}/{self.id} {self.state} healthy={self.healthy}>"
+
+    @property
+    def hostHeader(self) -> bytes:
+        """
+        The Host header naming this backend itself (default ports omitted).
+        """
+        default = 443 if self.scheme == "https" else 80
+        if ":" in self.host:
+            host = f"[{self.host}]"
+        else:
+            host = self.host
+        if self.port == default:
+            return host.encode("ascii")
+        return f"{host}:{self.port}".encode("ascii")
+
+    def available(self) -> bool:
+        """
+        Whether it may take a new request: ready, healthy and under its
+        connection limit.
+        """
+        if self.state != "ready" or not self.healthy:
+            return False
+        return not (self.maxConnections and self.inFlight >= self.maxConnections)
+
+
+class RetryBudget:
+    """
+    Bounds retries to a share of a pool's recent requests, so that retries
+    cannot multiply the load on a pool that is already failing.
+
+    Requests and retries are counted in a sliding window of C{WINDOW} seconds
+    (two buckets, the older one weighted by how much of it is still inside the
+    window).  A floor of C{MIN_RETRIES} per window lets quiet pools retry.
+
+    @ivar share: the allowed ratio of retries to requests (0..1).
+    """
+
+    WINDOW = 10.0
+    MIN_RETRIES = 10
+
+    def __init__(self, share: float, clock: Callable[[], float] = time.monotonic):
+        self.share = share
+        self.clock = clock
+        self._start = clock()
+        self._requests = 0
+        self._retries = 0
+        self._previousRequests = 0
+        self._previousRetries = 0
+
+    def _roll(self) -> float:
+        now = self.clock()
+        elapsed = now - self._start
+        if elapsed >= self.WINDOW:
+            if elapsed >= 2 * self.WINDOW:
+                self._previousRequests = self._previousRetries = 0
+            else:
+                self._previousRequests = self._requests
+                self._previousRetries = self._retries
+            self._requests = self._retries = 0
+            self._start = now - (elapsed % self.WINDOW)
+            elapsed = now - self._start
+        return 1.0 - elapsed / self.WINDOW
+
+    def request(self) -> None:
+        """
+        Count a new client request.
+        """
+        self._roll()
+        self._requests += 1
+
+    def tryRetry(self) -> bool:
+        """
+        Whether one more retry fits in the budget; if so it is counted.
+        """
+        weight = self._roll()
+        requests = self._requests + self._previousRequests * weight
+        retries = self._retries + self._previousRetries * weight
+        if retries >= max(self.MIN_RETRIES, self.share * requests):
+            return False
+        self._retries += 1
+        return True
+
+
+@attr.s(eq=False)
+class Pool:
+    """
+    A backend pool as configured, with its balancer.
+
+    @ivar config: the L{golb.config.PoolConfig}.
+    @ivar backends: primaries and backups in configuration order.
+    @ivar active: client requests being forwarded through it now.
+    @ivar budget: its L{RetryBudget}.
+    """
+
+    name: str = attr.ib()
+    config: object = attr.ib()
+    backends: List[Backend] = attr.ib()
+    balancer: IBalancer = attr.ib()
+    active: int = attr.ib(default=0)
+    budget: "RetryBudget" = attr.ib(factory=lambda: RetryBudget(0.2))
+
+    def candidates(self, exclude: Iterable[Backend] = ()) -> List[Backend]:
+        """
+        The backends that may take a new request: available primaries, else
+        available backups.
+        """
+        excluded = exclude if isinstance(exclude, (set, frozenset)) else set(exclude)
+        primaries = []
+        backups = []
+        for backend in self.backends:
+            if backend in excluded or not backend.available():
+                continue
+            (backups if backend.backup else primaries).append(backend)
+        return primaries or backups
+
+    def pick(self, request, exclude: Iterable[Backend] = ()) -> Optional[Backend]:
+        """
+        Choose a backend for C{request}, or L{None} when none may take it.
+        """
+        candidates = self.candidates(exclude)
+        if not candidates:
+            return None
+        return self.balancer.pick(request, candidates)
+
+
+class BackendRegistry:
+    """
+    Every L{Backend} ever built, keyed by (pool, url), so that state survives a
+    reload when a backend stays configured.
+
+    @ivar upstreamFactory: called with a L{Backend}, its pool's configuration
+        and its current connection pool (or L{None}); returns the connection
+        pool to use from now on: the current one when it still fits.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        upstreamFactory: Optional[Callable[[Backend, object, object], object]] = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self._backends: Dict[Tuple[str, str], Backend] = {}
+        self.upstreamFactory = upstreamFactory
+        self.clock = clock
+
+    def __iter__(self):
+        return iter(list(self._backends.values()))
+
+    def get(self, pool: str, url: str) -> Optional[Backend]:
+        return self._backends.get((pool, url))
+
+    def buildPool(self, poolConfig) -> Pool:
+        """
+        The L{Pool} for a L{golb.config.PoolConfig}, reusing the existing
+        L{Backend} of every (pool, url) already known and updating its
+        configured attributes.
+        """
+        backends = []
+        for backendConfig in poolConfig.backends:
+            key = (poolConfig.name, backendConfig.url)
+            backend = self._backends.get(key)
+            if backend is None:
+                backend = Backend(
+                    pool=poolConfig.name,
+                    id=backendConfig.name,
+                    url=backendConfig.url,
+                    scheme=backendConfig.scheme,
+                    host=backendConfig.host,
+                    port=backendConfig.port,
+                    pathPrefix=backendConfig.path_prefix,
+                )
+                self._backends[key] = backend
+            backend.id = backendConfig.name
+            backend.weight = backendConfig.weight
+            backend.maxConnections = backendConfig.max_connections
+            backend.backup = backendConfig.backup
+            if self.upstreamFactory is not None:
+                old = backend.upstream
+                backend.upstream = self.upstreamFactory(backend, poolConfig, old)
+                if old is not None and old is not backend.upstream:
+                    _closeLater(old)
+            backends.append(backend)
+        return Pool(
+            name=poolConfig.name,
+            config=poolConfig,
+            backends=backends,
+            balancer=balancerFor(poolConfig.algorithm),
+            budget=RetryBudget(poolConfig.retries.budget, self.clock),
+        )
+
+    def retain(self, pools: Iterable[Pool]):
+        """
+        Forget the backends no longer in any of C{pools}, closing their idle
+        connections (requests in flight finish on their own).
+
+        @return: the forgotten backends.
+        """
+        keep = set()
+        for pool in pools:
+            for backend in pool.backends:
+                keep.add((backend.pool, backend.url))
+        gone = []
+        for key in list(self._backends):
+            if key not in keep:
+                backend = self._backends.pop(key)
+                gone.append(backend)
+                if backend.upstream is not None:
+                    _closeLater(backend.upstream)
+        return gone
+
+    def close(self):
+        """
+        Close every backend's connections.
+
+        @return: a L{Deferred} that fires when they are all gone.
+        """
+        from twisted.internet.defer import DeferredList
+
+        ds = []
+        for backend in self._backends.values():
+            if backend.upstream is not None:
+                ds.append(backend.upstream.close())
+        return DeferredList(ds, consumeErrors=True)
+
+
+def _closeLater(upstream) -> None:
+    """
+    Close an upstream connection pool's idle connections; active ones finish
+    their requests and are then closed instead of being kept.
+    """
+    closeIdle = getattr(upstream, "closeCachedConnections", None)
+    if closeIdle is not None:
+        d = closeIdle()
+        if d is not None:
+            d.addErrback(lambda f: BackendRegistry.log.failure("closing upstream", f))

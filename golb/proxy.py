@@ -1,0 +1,495 @@
+"""
+The forwarding of one client request to a backend, streaming the response
+back with backpressure.
+
+L{Exchange} is one client request's trip: pick a backend, send the request
+over that backend's keep-alive connection pool (L{golb.upstream}), retry on
+another backend when the pool's C{retries} allow, then copy the response head
+and stream its body to the client.  The client's request body has already been
+read (and bounded) by the listener (L{golb.listener}); the response body is
+never buffered: a slow client pauses the backend connection.
+"""
+
+import ipaddress
+from typing import Iterable, List, Optional, Set, Tuple
+
+from twisted.internet.defer import CancelledError
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from golb.errors import GolbError, renderError
+from golb.upstream import (
+    ConnectFailed,
+    ResponseHeaderTimeout,
+    UpstreamRequest,
+    UpstreamReset,
+)
+
+__all__ = [
+    "Exchange",
+    "HOP_BY_HOP",
+    "IDEMPOTENT_METHODS",
+    "ProxyHeaders",
+    "responseHeaders",
+]
+
+log = Logger()
+
+# Never forwarded either way (RFC 9110 7.6.1), besides those named in Connection.
+HOP_BY_HOP = frozenset(
+    [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    ]
+)
+# Request headers golb sets itself.
+_REQUEST_OWN = HOP_BY_HOP | frozenset(
+    [
+        b"host",
+        b"content-length",
+        b"expect",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"forwarded",
+        b"via",
+    ]
+)
+IDEMPOTENT_METHODS = frozenset([b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"])
+_BODY_METHODS = frozenset([b"POST", b"PUT", b"PATCH"])
+_VIA = b"1.1 golb"
+
+
+def _connectionTokens(values: Optional[List[bytes]]) -> Set[bytes]:
+    tokens = set()
+    for value in values or ():
+        for token in value.split(b","):
+            token = token.strip().lower()
+            if token:
+                tokens.add(token)
+    return tokens
+
+
+def _forwardedNode(host: str) -> bytes:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return b'"' + host.encode("ascii", "replace") + b'"' if host else b"unknown"
+    if address.version == 6:
+        return b'"[' + host.encode("ascii") + b']"'
+    return host.encode("ascii")
+
+
+class ProxyHeaders:
+    """
+    Computes the headers sent to a backend for one client request.
+
+    @ivar trustedProxies: the networks whose forwarding headers are believed.
+    """
+
+    def __init__(self, trustedProxies: Iterable[object] = ()):
+        self.trustedProxies = tuple(trustedProxies)
+
+    def _trusted(self, host: str) -> bool:
+        if not self.trustedProxies:
+            return False
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        for network in self.trustedProxies:
+            if address in network:
+                return True
+        return False
+
+    def build(self, request, upgrade: Optional[bytes] = None) -> List[Tuple[bytes, bytes]]:
+        """
+        The end-to-end headers of C{request} plus golb's forwarding headers,
+        without Host and Content-Length (which depend on the attempt).
+
+        @param upgrade: the C{Upgrade} value to forward for a protocol switch.
+        """
+        incoming = request.requestHeaders
+        drop = _connectionTokens(incoming.getRawHeaders(b"connection"))
+        headers = []
+        for name, values in incoming.getAllRawHeaders():
+            lower = name.lower()
+            if lower in _REQUEST_OWN or lower in drop:
+                continue
+            for value in values:
+                headers.append((name, value))
+
+        peer = request.getClientAddress()
+        peerHost = getattr(peer, "host", "") or ""
+        trusted = self._trusted(peerHost)
+        proto = b"https" if request.isSecure() else b"http"
+        hostValues = incoming.getRawHeaders(b"host")
+        host = hostValues[0] if hostValues else b""
+
+        xff = incoming.getRawHeaders(b"x-forwarded-for") if trusted else None
+        peerBytes = peerHost.encode("ascii", "replace")
+        headers.append(
+            (b"X-Forwarded-For", b", ".join(xff + [peerBytes]) if xff else peerBytes)
+        )
+        xfp = incoming.getRawHeaders(b"x-forwarded-proto") if trusted else None
+        headers.append((b"X-Forwarded-Proto", xfp[-1] if xfp else proto))
+        xfh = incoming.getRawHeaders(b"x-forwarded-host") if trusted else None
+        if xfh:
+            headers.append((b"X-Forwarded-Host", xfh[-1]))
+        elif host:
+            headers.append((b"X-Forwarded-Host", host))
+        element = b"for=" + _forwardedNode(peerHost) + b";proto=" + proto
+        if host and b'"' not in host:
+            element += b';host="' + host + b'"'
+        forwarded = incoming.getRawHeaders(b"forwarded") if trusted else None
+        headers.append(
+            (b"Forwarded", b", ".join(forwarded + [element]) if forwarded else element)
+        )
+        via = incoming.getRawHeaders(b"via")
+        headers.append((b"Via", b", ".join(via + [_VIA]) if via else _VIA))
+        if upgrade is not None:
+            headers.append((b"Connection", b"upgrade"))
+            headers.append((b"Upgrade", upgrade))
+        return headers
+
+
+def responseHeaders(response, request) -> None:
+    """
+    Copy a backend response's end-to-end headers onto the client
+    C{request}'s response, keeping repeated headers (Set-Cookie) in order.
+    A body of unknown length loses Content-Length (the listener chunks it or
+    closes after it).
+    """
+    drop = set()
+    for name, value in response.headers:
+        if name.lower() == b"connection":
+            drop |= _connectionTokens([value])
+    outgoing = request.responseHeaders
+    outgoing.removeHeader(b"server")
+    outgoing.removeHeader(b"date")
+    keepLength = response.length is not None
+    sawVia = False
+    for name, value in response.headers:
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in drop:
+            continue
+        if lower == b"content-length" and not keepLength:
+            continue
+        if lower == b"via":
+            value = value + b", " + _VIA
+            sawVia = True
+        outgoing.addRawHeader(name, value)
+    if not sawVia:
+        outgoing.addRawHeader(b"Via", _VIA)
+
+
+def _requestBody(request) -> Tuple[Optional[object], int]:
+    content = request.content
+    if content is None:
+        return None, 0
+    try:
+        content.seek(0, 2)
+        length = content.tell()
+        content.seek(0, 0)
+    except (OSError, ValueError):
+        return None, 0
+    if length == 0:
+        return None, 0
+    return content, length
+
+
+def _originForm(uri: bytes) -> bytes:
+    if uri.startswith(b"/"):
+        return uri
+    lower = uri[:8].lower()
+    if lower.startswith(b"http://") or lower.startswith(b"https://"):
+        start = uri.find(b"/", uri.find(b"//") + 2)
+        if start < 0:
+            query = uri.find(b"?")
+            return b"/" + (uri[query:] if query >= 0 else b"")
+        return uri[start:]
+    if uri == b"*":
+        return uri
+    return b"/" + uri
+
+
+def _failureKind(reason: Failure) -> Optional[str]:
+    if reason.check(ConnectFailed):
+        return "connect_failure"
+    if reason.check(UpstreamReset):
+        return "reset"
+    if reason.check(ResponseHeaderTimeout):
+        return "timeout"
+    return None
+
+
+class Exchange:
+    """
+    One client request on its way to a backend and back.
+
+    @ivar request: the client's L{twisted.web.server.Request}.
+    @ivar pool: the L{golb.pool.Pool} chosen by the route.
+    @ivar tried: the backends already attempted.
+    """
+
+    def __init__(self, request, pool, headers: ProxyHeaders, listenerName: str = "default"):
+        self.request = request
+        self.pool = pool
+        self.config = pool.config
+        self.listenerName = listenerName
+        self.tried: List[object] = []
+        self.backend = None
+        self.response = None
+        self.pending = None
+        self.retries = 0
+        self.done = False
+        self.clientGone = False
+        upgrade = None
+        if b"upgrade" in _connectionTokens(request.requestHeaders.getRawHeaders(b"connection")):
+            values = request.requestHeaders.getRawHeaders(b"upgrade")
+            if values:
+                upgrade = values[0]
+        self.upgrade = upgrade
+        self.headers = headers.build(request, upgrade)
+        self.body, self.bodyLength = _requestBody(request)
+        self.target = _originForm(request.uri)
+        self.idempotent = request.method in IDEMPOTENT_METHODS
+        retries = self.config.retries
+        self.attemptsLeft = retries.attempts
+        self.retryOn = frozenset(str(x) for x in retries.on)
+
+    def start(self) -> None:
+        """
+        Begin forwarding.
+        """
+        self.pool.active += 1
+        self.pool.budget.request()
+        self.request.notifyFinish().addErrback(self._clientLost)
+        self._attempt(None)
+
+    # Attempts
+
+    def _attempt(self, lastError: Optional[GolbError]) -> None:
+        backend = self.pool.pick(self.request, self.tried)
+        if backend is None:
+            self._fail(lastError or GolbError("no-backend"))
+            return
+        self.tried.append(backend)
+        self.backend = backend
+        backend.inFlight += 1
+        backend.requests += 1
+        host = None
+        if self.config.preserve_host:
+            values = self.request.requestHeaders.getRawHeaders(b"host")
+            if values:
+                host = values[0]
+        if host is None:
+            host = backend.hostHeader
+        target = self.target
+        if backend.pathPrefix:
+            target = backend.pathPrefix.rstrip("/").encode("utf-8") + target
+        headers = [(b"Host", host)]
+        headers.extend(self.headers)
+        body = self.body
+        if body is not None:
+            body.seek(0, 0)
+        upstreamRequest = UpstreamRequest(
+            method=self.request.method,
+            target=target,
+            headers=headers,
+            body=body,
+            bodyLength=self.bodyLength,
+            onInformational=self._informational,
+        )
+        d = backend.upstream.request(upstreamRequest)
+        self.pending = d
+        d.addCallbacks(self._gotResponse, self._attemptFailed)
+        d.addErrback(self._bug)
+
+    def _release(self) -> None:
+        backend, self.backend = self.backend, None
+        if backend is not None:
+            backend.inFlight -= 1
+
+    def _mayRetry(self, kind: str) -> bool:
+        if self.attemptsLeft <= 0 or self.clientGone or kind not in self.retryOn:
+            return False
+        if kind != "connect_failure" and self.config.retries.idempotent_only:
+            if not self.idempotent:
+                return False
+        # A connection that failed never reached a backend: retrying it adds
+        # no load to any backend, so it is not charged to the budget.
+        if kind == "connect_failure":
+            return True
+        return self.pool.budget.tryRetry()
+
+    def _retry(self, error: GolbError) -> None:
+        self.attemptsLeft -= 1
+        self.retries += 1
+        self._attempt(error)
+
+    def _attemptFailed(self, reason: Failure) -> None:
+        self.pending = None
+        backend = self.backend
+        self._release()
+        if reason.check(CancelledError) or self.clientGone:
+            self._finishExchange()
+            return
+        if backend is not None:
+            backend.failures += 1
+        if reason.check(GolbError):
+            error = reason.value
+        else:
+            log.failure("Forwarding to {backend} failed", reason, backend=backend)
+            error = GolbError("bad-gateway")
+        log.info(
+            "{pool}/{backend}: {method} {target}: {error}",
+            pool=self.pool.name,
+            backend=getattr(backend, "id", "?"),
+            method=self.request.method.decode("ascii", "replace"),
+            target=self.target.decode("ascii", "replace"),
+            error=error,
+        )
+        kind = _failureKind(reason)
+        if kind is not None and self._mayRetry(kind):
+            self._retry(error)
+            return
+        self._fail(error)
+
+    def _gotResponse(self, response) -> None:
+        self.pending = None
+        if self.clientGone:
+            response.stopProducing()
+            self._release()
+            self._finishExchange()
+            return
+        code = response.code
+        if code >= 500:
+            self.backend.failures += 1
+            status = str(code)
+            if status in self.retryOn and self._mayRetry(status):
+                response.stopProducing()
+                self._release()
+                self._retry(GolbError("bad-gateway", f"backend answered {code}"))
+                return
+        if code == 101:
+            if self.upgrade is None:
+                response.stopProducing()
+                self._release()
+                self._fail(GolbError("invalid-response", "backend switched protocols unasked"))
+                return
+            self._switchProtocols(response)
+            return
+        self.response = response
+        request = self.request
+        request.setResponseCode(code, response.phrase or None)
+        responseHeaders(response, request)
+        if request.method == b"HEAD" or code in (204, 304) or response.length == 0:
+            request.write(b"")
+            self.bodyDone(None)
+            return
+        request.registerProducer(response, True)
+        response.deliverBody(self)
+
+    # Response body, as the upstream's receiver
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.clientGone:
+            self.request.write(data)
+
+    def bodyDone(self, reason: Optional[Failure]) -> None:
+        """
+        The backend's response body ended: completely (C{reason} is L{None}) or
+        cut short, in which case the client connection is closed so the client
+        sees the truncation.
+        """
+        self._release()
+        response, self.response = self.response, None
+        request = self.request
+        if not self.clientGone:
+            if response is not None:
+                request.unregisterProducer()
+            if reason is None:
+                request.finish()
+            else:
+                log.warn(
+                    "{pool}: response body from backend cut short: {reason}",
+                    pool=self.pool.name,
+                    reason=reason.getErrorMessage(),
+                )
+                transport = request.channel.transport if request.channel else None
+                if transport is not None:
+                    transport.loseConnection()
+        self._finishExchange()
+
+    # Informational responses and upgrades
+
+    def _informational(self, code: int, phrase: bytes, headers) -> None:
+        request = self.request
+        if code == 100 or self.clientGone or request.startedWriting:
+            return
+        if request.clientproto != b"HTTP/1.1":
+            return
+        lines = [b"HTTP/1.1 %d %s" % (code, phrase)]
+        for name, value in headers:
+            lines.append(name + b": " + value)
+        request.channel.transport.write(b"\r\n".join(lines) + b"\r\n\r\n")
+
+    def _switchProtocols(self, response) -> None:
+        from golb.tunnel import Tunnel
+
+        request = self.request
+        head = [b"HTTP/1.1 101 " + (response.phrase or b"Switching Protocols")]
+        for name, value in response.headers:
+            head.append(name + b": " + value)
+        head.append(b"Via: " + _VIA)
+        backend = self.backend
+        self.backend = None
+        tunnel = Tunnel.fromRequest(
+            request,
+            response.switchProtocol(),
+            b"\r\n".join(head) + b"\r\n\r\n",
+            idleTimeout=self.config.timeouts.idle,
+        )
+
+        def closed(_):
+            if backend is not None:
+                backend.inFlight -= 1
+
+        tunnel.whenClosed().addCallback(closed)
+        self._finishExchange()
+
+    # Endings
+
+    def _fail(self, error: GolbError) -> None:
+        renderError(self.request, error)
+        self._finishExchange()
+
+    def _finishExchange(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.pool.active -= 1
+
+    def _clientLost(self, reason: Failure) -> None:
+        self.clientGone = True
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.cancel()
+        elif self.response is not None:
+            response, self.response = self.response, None
+            response.stopProducing()
+            self._release()
+            self._finishExchange()
+
+    def _bug(self, reason: Failure) -> None:
+        log.failure("Unexpected error forwarding a request", reason)
+        self._release()
+        if not self.clientGone:
+            renderError(self.request, GolbError("bad-gateway"))
+        self._finishExchange()

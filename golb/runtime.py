@@ -1,0 +1,97 @@
+"""
+The L{Runtime}: everything compiled from one L{golb.config.Config} that the
+request path reads (router, pools, forwarding headers).  It is replaced whole
+on reload; requests already in flight keep the one they started with.
+"""
+
+from typing import Dict
+
+from twisted.logger import Logger
+
+from golb.pool import BackendRegistry, Pool
+from golb.proxy import Exchange, ProxyHeaders
+from golb.routing import Route, Router, checksFor
+
+__all__ = ["Runtime", "defaultPoolName"]
+
+
+def defaultPoolName(config):
+    """
+    The pool for requests that match no rule: the pool named C{default}, else
+    the only pool, else L{None} (404).
+    """
+    names = [pool.name for pool in config.backend_pools]
+    if "default" in names:
+        return "default"
+    if len(names) == 1:
+        return names[0]
+    return None
+
+
+class Runtime:
+    """
+    The compiled, immutable view of one configuration.
+
+    @ivar config: the L{golb.config.Config} it was built from.
+    @ivar pools: L{golb.pool.Pool} by name.
+    @ivar router: the L{golb.routing.Router}.
+    """
+
+    log = Logger()
+
+    def __init__(self, config, pools: Dict[str, Pool], router: Router, headers: ProxyHeaders):
+        self.config = config
+        self.pools = pools
+        self.router = router
+        self.headers = headers
+
+    @classmethod
+    def build(cls, config, registry: BackendRegistry) -> "Runtime":
+        """
+        Compile C{config}, reusing the live backends in C{registry}.
+        """
+        pools = {}
+        for poolConfig in config.backend_pools:
+            pools[poolConfig.name] = registry.buildPool(poolConfig)
+        routes = []
+        for order, rule in enumerate(config.sortedRules()):
+            split = ()
+            if rule.split:
+                cumulative = 0
+                entries = []
+                for target in rule.split:
+                    if target.weight <= 0:
+                        continue
+                    cumulative += target.weight
+                    entries.append((cumulative, pools[target.pool]))
+                split = tuple(entries)
+            mirror = None
+            if rule.mirror is not None:
+                mirror = (pools[rule.mirror.pool], rule.mirror.percent)
+            match = rule.match
+            routes.append(
+                Route(
+                    name=rule.name,
+                    order=order,
+                    config=rule,
+                    pool=pools[rule.target_pool] if rule.target_pool else None,
+                    split=split,
+                    mirror=mirror,
+                    policies=tuple(rule.policies),
+                    host=(match.host.lower().rstrip(".") if match and match.host else None),
+                    checks=checksFor(match),
+                )
+            )
+        default = None
+        name = defaultPoolName(config)
+        if name is not None:
+            default = Route(name="default", order=len(routes), pool=pools[name])
+        return cls(config, pools, Router(routes, default), ProxyHeaders(config.trusted_proxies))
+
+    def forward(self, request, route: Route, listenerName: str = "default") -> None:
+        """
+        Forward C{request} along C{route}.
+        """
+        pool = route.choosePool()
+        Exchange(request, pool, self.headers, listenerName).start()
+

@@ -1,0 +1,156 @@
+"""
+The twistd plugin's options and service maker: C{twistd golb --config PATH}.
+
+L{makeService} builds (never starts) one named L{MultiService}:
+C{listener:<name>} for each listener and C{demo} for the demo backends; later
+siblings (health, admin, metrics, tracing, manhole) hang off the same tree.
+"""
+
+import sys
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python import usage
+
+from golb import __version__
+from golb.config import ConfigError, loadConfig
+
+__all__ = ["GolbService", "Options", "listenerDescription", "makeService"]
+
+
+class Options(usage.Options):
+    """
+    Command-line options of C{twistd golb}.
+    """
+
+    synopsis = "--config PATH"
+    longdesc = (
+        "golb is an HTTP/S load balancer and reverse proxy. It reads one YAML "
+        "file (see docs/configuration.md) and serves its listeners; check a "
+        "file without starting anything with `golb check PATH`."
+    )
+    optParameters = [
+        ["config", "c", None, "Path of golb's YAML configuration file (required)."],
+    ]
+    optFlags = [["version", "V", "Print golb's version and exit."]]
+
+    def __init__(self, stderr=None):
+        usage.Options.__init__(self)
+        self.stderr = stderr if stderr is not None else sys.stderr
+
+    def opt_version(self):
+        """
+        Print golb's version and exit.
+        """
+        print(f"golb {__version__}")
+        raise SystemExit(0)
+
+    def postOptions(self):
+        """
+        Load and validate the configuration.  A broken file prints every
+        problem, one per line, and exits 1 without starting anything.
+        """
+        path = self["config"]
+        if not path:
+            raise usage.UsageError(
+                "--config is required, e.g. twistd golb --config config/golb.yaml"
+            )
+        try:
+            self["loaded"] = loadConfig(path)
+        except ConfigError as e:
+            for problem in e.problems:
+                self.stderr.write(f"{problem}\n")
+            self.stderr.write(f"golb: {len(e.problems)} problem(s) in {path}; nothing started\n")
+            self.stderr.flush()
+            raise SystemExit(1) from None
+        except OSError as e:
+            raise usage.UsageError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def listenerDescription(listener) -> str:
+    """
+    The Twisted server endpoint string for a listener: its C{endpoint}, else
+    its C{address}, TLS listeners served with their default certificate.
+    """
+    description = listener.endpointDescription()
+    tls = listener.tls
+    if tls is not None and listener.endpoint is None:
+        pair = tls.certificates[0]
+        description = "ssl:" + description.split(":", 1)[1]
+        description += f":certKey={_escape(pair.cert)}:privateKey={_escape(pair.key)}"
+    return description
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
+
+
+class GolbService(MultiService):
+    """
+    The root of golb's service tree.
+
+    @ivar golb: the L{golb.app.Golb} application root.
+    """
+
+    log = Logger()
+
+    def __init__(self, golb):
+        MultiService.__init__(self)
+        self.golb = golb
+
+    def startService(self):
+        MultiService.startService(self)
+        config = self.golb.config
+        self.log.info(
+            "golb {version} started from {file}", version=__version__, file=config.filename
+        )
+
+    def stopService(self):
+        d = MultiService.stopService(self)
+
+        def closeUpstreams(result):
+            closing = self.golb.close()
+            closing.addCallback(lambda _: result)
+            return closing
+
+        return d.addBoth(closeUpstreams)
+
+
+def makeService(options, reactor=None) -> GolbService:
+    """
+    Build golb's service tree from parsed L{Options}; nothing listens and no
+    timer runs until the tree is started.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    from golb.app import Golb
+    from golb.demo import DemoService
+    from golb.listener import GolbSite
+    from golb.routing import RoutingResource
+
+    config = options["loaded"]
+    golb = Golb(config, reactor=reactor)
+    root = GolbService(golb)
+    for listener in config.listeners:
+        site = GolbSite(
+            RoutingResource(golb, listener.name),
+            reactor=reactor,
+            maxHeaderBytes=listener.max_header_bytes,
+            maxBodyBytes=listener.max_body_bytes,
+            requestHeaderTimeout=listener.timeouts.request_header,
+            idleTimeout=listener.timeouts.idle,
+            trustedProxies=config.trusted_proxies,
+            listenerName=listener.name,
+        )
+        endpoint = serverFromString(reactor, listenerDescription(listener))
+        service = StreamServerEndpointService(endpoint, site)
+        service._raiseSynchronously = True
+        service.setName(f"listener:{listener.name}")
+        service.setServiceParent(root)
+    if config.demo.backends > 0:
+        demo = DemoService(config.demo.backends, config.demo.base_port, reactor=reactor)
+        demo.setName("demo")
+        demo.setServiceParent(root)
+    return root

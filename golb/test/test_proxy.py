@@ -1,0 +1,585 @@
+"""
+Tests for L{golb.proxy}: real loopback backends behind a real golb listener.
+"""
+
+import base64
+import hashlib
+
+import treq
+from twisted.internet import defer, reactor
+from twisted.internet.protocol import Protocol
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from golb.test.support import (
+    freePort,
+    header,
+    listenBackend,
+    listenGolb,
+    parseResponses,
+    rawConnect,
+    rawRequest,
+)
+
+
+def poolYAML(*ports, extra="", listener=""):
+    backends = "".join(f"      - url: http://127.0.0.1:{port}\n" for port in ports)
+    return (
+        "listeners:\n  - name: web\n    address: '127.0.0.1:0'\n" + listener
+        + "backend_pools:\n  - name: default\n    backends:\n" + backends + extra
+    )
+
+
+class FunctionResource(Resource):
+    """
+    A backend resource that calls C{function(request)} for every request.
+    """
+
+    isLeaf = True
+
+    def __init__(self, function):
+        Resource.__init__(self)
+        self.function = function
+        self.requests = []
+
+    def render(self, request):
+        self.requests.append(request)
+        return self.function(request)
+
+
+class ProxyTestCase(TestCase):
+    """
+    Common set-up: an HTTP client with its own persistent pool.
+    """
+
+    def setUp(self):
+        self.pool = HTTPConnectionPool(reactor, persistent=True)
+        self.addCleanup(self.pool.closeCachedConnections)
+        self.client = treq.client.HTTPClient(Agent(reactor, pool=self.pool))
+
+    def golb(self, *ports, **kw):
+        golb, port, site = listenGolb(self, poolYAML(*ports, **kw))
+        self.base = f"http://127.0.0.1:{port.getHost().port}"
+        self.port = port.getHost().port
+        return golb
+
+    @defer.inlineCallbacks
+    def get(self, path="/", **kw):
+        response = yield self.client.get(self.base + path, **kw)
+        body = yield response.content()
+        return response, body
+
+
+class ForwardingTests(ProxyTestCase):
+    """
+    Requests reach a backend and its answer reaches the client intact.
+    """
+
+    @defer.inlineCallbacks
+    def test_get(self):
+        """
+        A GET returns the backend's status, headers and body.
+        """
+        port, backend = listenBackend(self, name="b1")
+        self.golb(port.getHost().port)
+        response, body = yield self.get("/hello?x=1")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.headers.getRawHeaders(b"x-demo-backend"), [b"b1"])
+        self.assertIn(b"GET /hello?x=1 HTTP/1.1", body)
+
+    @defer.inlineCallbacks
+    def test_post(self):
+        """
+        A POST body reaches the backend byte for byte.
+        """
+        port, backend = listenBackend(self)
+        self.golb(port.getHost().port)
+        payload = bytes(range(256)) * 1000
+        response = yield self.client.post(self.base + "/upload", data=payload)
+        body = yield response.content()
+        self.assertEqual(response.code, 200)
+        self.assertTrue(body.endswith(b"\n\n" + payload))
+        self.assertIn(b"Content-Length: 256000", body)
+
+    @defer.inlineCallbacks
+    def test_roundRobin(self):
+        """
+        Requests alternate between the pool's backends.
+        """
+        port1, _ = listenBackend(self, name="b1")
+        port2, _ = listenBackend(self, name="b2")
+        self.golb(port1.getHost().port, port2.getHost().port)
+        seen = []
+        for _ in range(4):
+            response, body = yield self.get()
+            seen.append(response.headers.getRawHeaders(b"x-demo-backend")[0])
+        self.assertEqual(seen, [b"b1", b"b2", b"b1", b"b2"])
+
+    @defer.inlineCallbacks
+    def test_forwardingHeaders(self):
+        """
+        The backend sees X-Forwarded-For (the real peer, not a spoofed value
+        from an untrusted client), X-Forwarded-Proto/-Host, Forwarded and Via;
+        hop-by-hop headers and those named in Connection are removed; Host is
+        preserved.
+        """
+        port, backend = listenBackend(self)
+        self.golb(port.getHost().port)
+        response, body = yield self.get(
+            "/",
+            headers={
+                b"X-Forwarded-For": [b"6.6.6.6"],
+                b"Connection": [b"keep-alive, X-Secret"],
+                b"X-Secret": [b"hop"],
+                b"Keep-Alive": [b"timeout=5"],
+                b"Host": [b"example.com"],
+                b"X-Kept": [b"end-to-end"],
+            },
+        )
+        lines = body.decode("latin-1").split("\n\n")[1].splitlines()
+        self.assertIn("X-Forwarded-For: 127.0.0.1", lines)
+        self.assertNotIn("6.6.6.6", body.decode("latin-1"))
+        self.assertIn("X-Forwarded-Proto: http", lines)
+        self.assertIn("X-Forwarded-Host: example.com", lines)
+        self.assertIn('Forwarded: for=127.0.0.1;proto=http;host="example.com"', lines)
+        self.assertIn("Via: 1.1 golb", lines)
+        self.assertIn("Host: example.com", lines)
+        self.assertIn("X-Kept: end-to-end", lines)
+        for name in ("X-Secret", "Keep-Alive"):
+            self.assertFalse([line for line in lines if line.startswith(name + ":")], name)
+
+    @defer.inlineCallbacks
+    def test_trustedProxyAppends(self):
+        """
+        From a trusted proxy, X-Forwarded-For is appended to.
+        """
+        port, backend = listenBackend(self)
+        golb, listening, site = listenGolb(
+            self, "trusted_proxies: ['127.0.0.0/8']\n" + poolYAML(port.getHost().port)
+        )
+        self.base = f"http://127.0.0.1:{listening.getHost().port}"
+        response, body = yield self.get("/", headers={b"X-Forwarded-For": [b"10.1.2.3"]})
+        self.assertIn(b"X-Forwarded-For: 10.1.2.3, 127.0.0.1\n", body)
+
+    @defer.inlineCallbacks
+    def test_rewriteHost(self):
+        """
+        With C{preserve_host: false} the backend sees its own host.
+        """
+        port, backend = listenBackend(self)
+        number = port.getHost().port
+        self.golb(number, extra="    preserve_host: false\n")
+        response, body = yield self.get("/", headers={b"Host": [b"example.com"]})
+        self.assertIn(f"Host: 127.0.0.1:{number}\n".encode(), body)
+
+    @defer.inlineCallbacks
+    def test_repeatedHeaders(self):
+        """
+        Repeated response headers (Set-Cookie) arrive in order, each intact.
+        """
+
+        def cookies(request):
+            request.responseHeaders.setRawHeaders(
+                b"set-cookie", [b"a=1; Path=/", b"b=2, c=3; HttpOnly"]
+            )
+            return b"ok"
+
+        port, _ = listenBackend(self, FunctionResource(cookies))
+        self.golb(port.getHost().port)
+        response, body = yield self.get()
+        self.assertEqual(
+            response.headers.getRawHeaders(b"set-cookie"),
+            [b"a=1; Path=/", b"b=2, c=3; HttpOnly"],
+        )
+        self.assertEqual(response.headers.getRawHeaders(b"via"), [b"1.1 golb"])
+
+    @defer.inlineCallbacks
+    def test_bodylessResponses(self):
+        """
+        HEAD, 204 and 304 responses carry no body, and the connection stays
+        usable for the next request.
+        """
+
+        def answer(request):
+            if request.path == b"/204":
+                request.setResponseCode(204)
+                return b""
+            if request.path == b"/304":
+                request.setResponseCode(304)
+                return b""
+            return b"x" * 10
+
+        port, _ = listenBackend(self, FunctionResource(answer))
+        self.golb(port.getHost().port)
+        client = yield rawConnect(self, self.port)
+        client.transport.write(
+            b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"GET /204 HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"GET /304 HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+        )
+        yield client.waitFor(lambda data: len(parseResponses(data, bodyless=[0])) == 4)
+        responses = parseResponses(client.received, bodyless=[0])
+        self.assertEqual([r[0] for r in responses], [200, 204, 304, 200])
+        self.assertEqual(header(responses[0][1], b"content-length"), [b"10"])
+        self.assertEqual([r[2] for r in responses], [b"", b"", b"", b"x" * 10])
+
+    @defer.inlineCallbacks
+    def test_keepAliveBothSides(self):
+        """
+        200 GETs over one client connection cost the backend at most a
+        handful of TCP connections.
+        """
+        port, backend = listenBackend(self)
+        self.golb(port.getHost().port)
+        client = yield rawConnect(self, self.port)
+        for i in range(200):
+            client.transport.write(b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % (i,))
+            yield client.waitFor(lambda data, n=i + 1: len(parseResponses(data)) >= n)
+        self.assertEqual(len(parseResponses(client.received)), 200)
+        self.assertEqual(backend.requests, 200)
+        self.assertLessEqual(len(backend.site.openProtocols), 2)
+
+    @defer.inlineCallbacks
+    def test_informational(self):
+        """
+        A backend's 103 Early Hints reaches the client before the final
+        response.
+        """
+        hints = b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
+
+        def early(request):
+            request.channel.transport.write(hints)
+            return b"final"
+
+        port, _ = listenBackend(self, FunctionResource(early))
+        self.golb(port.getHost().port)
+        data = yield rawRequest(
+            self, self.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", until=b"final"
+        )
+        responses = parseResponses(data)
+        self.assertEqual([r[0] for r in responses], [103, 200])
+        self.assertEqual(header(responses[0][1], b"link"), [b"</s.css>; rel=preload"])
+
+
+class FailureTests(ProxyTestCase):
+    """
+    Dead, slow and broken backends give clear errors, and retries hide the
+    dead ones.
+    """
+
+    @defer.inlineCallbacks
+    def test_deadPool(self):
+        """
+        When the only backend refuses connections the client gets 502 with
+        C{X-Golb-Error: connect-failure}.
+        """
+        self.golb(freePort())
+        response, body = yield self.get()
+        self.assertEqual(response.code, 502)
+        self.assertEqual(response.headers.getRawHeaders(b"x-golb-error"), [b"connect-failure"])
+        self.assertIn(b"502 Bad Gateway", body)
+
+    @defer.inlineCallbacks
+    def test_noBackend(self):
+        """
+        When every backend is in maintenance the client gets 503 no-backend,
+        as JSON when it prefers JSON.
+        """
+        port, _ = listenBackend(self)
+        golb = self.golb(port.getHost().port)
+        for backend in golb.backends:
+            backend.state = "maint"
+        response, body = yield self.get("/", headers={b"Accept": [b"application/json"]})
+        self.assertEqual(response.code, 503)
+        self.assertEqual(response.headers.getRawHeaders(b"x-golb-error"), [b"no-backend"])
+        self.assertIn(b'"error": "no-backend"', body)
+
+    @defer.inlineCallbacks
+    def test_retriesHideDeadBackend(self):
+        """
+        With one of two backends dead and retries on, 1000 GETs give 0 errors.
+        """
+        port, backend = listenBackend(self)
+        self.golb(freePort(), port.getHost().port)
+        semaphore = defer.DeferredSemaphore(10)
+        codes = []
+
+        @defer.inlineCallbacks
+        def one(i):
+            response, body = yield self.get(f"/{i}")
+            codes.append(response.code)
+
+        yield defer.gatherResults([semaphore.run(one, i) for i in range(1000)])
+        self.assertEqual(codes, [200] * 1000)
+        self.assertEqual(backend.requests, 1000)
+
+    @defer.inlineCallbacks
+    def test_postNotRetriedAfterReset(self):
+        """
+        A POST whose backend resets the connection after reading it is not
+        replayed on another backend: the client gets 502.
+        """
+
+        def reset(request):
+            request.channel.transport.abortConnection()
+            return NOT_DONE_YET
+
+        port1, resetter = listenBackend(self, FunctionResource(reset))
+        port2, resetter2 = listenBackend(self, FunctionResource(reset))
+        self.golb(port1.getHost().port, port2.getHost().port)
+        response = yield self.client.post(self.base + "/", data=b"pay")
+        yield response.content()
+        self.assertEqual(response.code, 502)
+        self.assertEqual(response.headers.getRawHeaders(b"x-golb-error"), [b"upstream-reset"])
+        self.assertEqual(len(resetter.requests) + len(resetter2.requests), 1)
+
+    @defer.inlineCallbacks
+    def test_statusRetry(self):
+        """
+        A 503 from one backend is retried on the other for an idempotent
+        request.
+        """
+
+        def unavailable(request):
+            request.setResponseCode(503)
+            return b"busy"
+
+        port1, _ = listenBackend(self, FunctionResource(unavailable))
+        port2, good = listenBackend(self, name="good")
+        self.golb(port1.getHost().port, port2.getHost().port)
+        for _ in range(4):
+            response, body = yield self.get()
+            self.assertEqual(response.code, 200)
+        self.assertEqual(good.requests, 4)
+
+    @defer.inlineCallbacks
+    def test_responseHeaderTimeout(self):
+        """
+        A backend that never answers yields 504 upstream-timeout after the
+        pool's C{timeouts.response_header}.
+        """
+        port, silent = listenBackend(self, FunctionResource(lambda request: NOT_DONE_YET))
+        self.golb(
+            port.getHost().port,
+            extra="    timeouts: {response_header: 200ms}\n    retries: {attempts: 0}\n",
+        )
+        response, body = yield self.get()
+        self.assertEqual(response.code, 504)
+        self.assertEqual(response.headers.getRawHeaders(b"x-golb-error"), [b"upstream-timeout"])
+
+    @defer.inlineCallbacks
+    def test_smugglingNeverForwarded(self):
+        """
+        A request with both Content-Length and Transfer-Encoding gets 400 and
+        the backend never sees it.
+        """
+        port, backend = listenBackend(self)
+        self.golb(port.getHost().port)
+        data = yield rawRequest(
+            self,
+            self.port,
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n",
+        )
+        self.assertTrue(data.startswith(b"HTTP/1.1 400 "), data)
+        self.assertIn(b"X-Golb-Error: bad-request", data)
+        self.assertEqual(backend.requests, 0)
+
+    @defer.inlineCallbacks
+    def test_backendDiesMidBody(self):
+        """
+        When the backend goes away in the middle of a body the client
+        connection is closed, so the client sees the truncation.
+        """
+
+        started = defer.Deferred()
+
+        def partial(request):
+            request.setHeader(b"content-length", b"1000")
+            request.write(b"x" * 100)
+            started.callback(request)
+            return NOT_DONE_YET
+
+        port, _ = listenBackend(self, FunctionResource(partial))
+        self.golb(port.getHost().port)
+        client = yield rawConnect(self, self.port)
+        client.transport.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        request = yield started
+        yield client.waitForBytes(b"x" * 100)
+        request.channel.transport.abortConnection()
+        data = yield client.lost
+        self.assertIn(b"200 OK", data)
+        self.assertTrue(data.endswith(b"x" * 100))
+        self.assertEqual(parseResponses(data), [])
+
+    @defer.inlineCallbacks
+    def test_clientGoneCancelsUpstream(self):
+        """
+        A client that disconnects while the backend is still thinking frees the
+        backend connection, and the backend's in-flight count returns to 0.
+        """
+        started = defer.Deferred()
+        lost = defer.Deferred()
+
+        def slow(request):
+            request.notifyFinish().addErrback(lambda _: lost.callback(None))
+            started.callback(None)
+            return NOT_DONE_YET
+
+        port, _ = listenBackend(self, FunctionResource(slow))
+        golb = self.golb(port.getHost().port)
+        client = yield rawConnect(self, self.port)
+        client.transport.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        yield started
+        (backend,) = list(golb.backends)
+        self.assertEqual(backend.inFlight, 1)
+        client.transport.loseConnection()
+        yield lost
+        self.assertEqual(backend.inFlight, 0)
+
+
+class StreamingTests(ProxyTestCase):
+    """
+    Response bodies stream through golb as they come, with backpressure.
+    """
+
+    @defer.inlineCallbacks
+    def test_chunksArriveAsSent(self):
+        """
+        Each chunk of a slowly streamed response reaches the client before the
+        backend sends the next.
+        """
+        started = defer.Deferred()
+
+        def stream(request):
+            started.callback(request)
+            return NOT_DONE_YET
+
+        port, _ = listenBackend(self, FunctionResource(stream))
+        self.golb(port.getHost().port)
+        client = yield rawConnect(self, self.port)
+        client.transport.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        request = yield started
+        for i in range(3):
+            request.write(b"part-%d;" % (i,))
+            yield client.waitForBytes(b"part-%d;" % (i,))
+        request.finish()
+        yield client.waitForBytes(b"0\r\n\r\n")
+        (response,) = parseResponses(client.received)
+        self.assertEqual(response[2], b"part-0;part-1;part-2;")
+
+    @defer.inlineCallbacks
+    def test_slowClientPausesBackend(self):
+        """
+        A client that stops reading makes golb pause the backend connection
+        instead of buffering the response: the backend's producer is paused
+        while golb holds only a bounded amount.
+        """
+        paused = defer.Deferred()
+        state = {"sent": 0}
+
+        class Producer:
+            def __init__(self, request):
+                self.request = request
+                self.paused = False
+
+            def pauseProducing(self):
+                self.paused = True
+                if not paused.called:
+                    paused.callback(None)
+
+            def resumeProducing(self):
+                self.paused = False
+
+            def stopProducing(self):
+                self.paused = True
+
+            def pump(self):
+                chunk = b"y" * 65536
+                while not self.paused and state["sent"] < 512 * 2**20:
+                    self.request.write(chunk)
+                    state["sent"] += len(chunk)
+                if not self.paused:
+                    self.request.finish()
+
+        def big(request):
+            request.setHeader(b"content-length", b"%d" % (512 * 2**20,))
+            producer = Producer(request)
+            request.registerProducer(producer, True)
+            reactor.callLater(0, producer.pump)
+            return NOT_DONE_YET
+
+        port, _ = listenBackend(self, FunctionResource(big))
+        self.golb(port.getHost().port)
+        client = yield rawConnect(self, self.port)
+        client.transport.pauseProducing()
+        client.transport.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        # A proxy that buffered would keep reading from the backend, whose
+        # producer would then never be paused.
+        yield paused
+        self.assertLess(state["sent"], 64 * 2**20)
+        client.transport.abortConnection()
+
+    test_slowClientPausesBackend.timeout = 30
+
+
+class UpgradeTests(ProxyTestCase):
+    """
+    WebSocket and other upgrades become a byte tunnel after the backend's 101.
+    """
+
+    @defer.inlineCallbacks
+    def test_websocketEcho(self):
+        """
+        A WebSocket handshake and a masked text frame go through golb; the
+        backend's echo comes back.
+        """
+
+        class Echo(Protocol):
+            def dataReceived(self, data):
+                # unmask a small client frame and echo it unmasked
+                length = data[1] & 0x7F
+                mask = data[2:6]
+                payload = bytes(b ^ mask[i % 4] for i, b in enumerate(data[6:6 + length]))
+                self.transport.write(bytes([0x81, len(payload)]) + payload)
+
+        def upgrade(request):
+            key = request.requestHeaders.getRawHeaders(b"sec-websocket-key")[0]
+            accept = base64.b64encode(
+                hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
+            )
+            transport = request.channel.transport
+            transport.write(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+            )
+            echo = Echo()
+            request.channel.transport = None
+            transport.protocol = echo
+            echo.makeConnection(transport)
+            return NOT_DONE_YET
+
+        port, _ = listenBackend(self, FunctionResource(upgrade))
+        self.golb(port.getHost().port)
+        client = yield rawConnect(self, self.port)
+        key = base64.b64encode(b"0123456789abcdef")
+        client.transport.write(
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        yield client.waitForBytes(b"\r\n\r\n")
+        self.assertTrue(client.received.startswith(b"HTTP/1.1 101 "), client.received)
+        expected = base64.b64encode(
+            hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
+        )
+        self.assertIn(b"Sec-WebSocket-Accept: " + expected, client.received)
+        head = len(client.received)
+        mask = b"\x01\x02\x03\x04"
+        payload = b"hello golb"
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        client.transport.write(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
+        yield client.waitFor(lambda data: len(data) >= head + 2 + len(payload))
+        self.assertEqual(client.received[head:], bytes([0x81, len(payload)]) + payload)

@@ -1,0 +1,177 @@
+"""
+Tests for L{golb.tap} and the twistd plugin.
+"""
+
+import io
+import os
+
+from twisted.application.service import IServiceMaker
+from twisted.internet.testing import MemoryReactorClock
+from twisted.plugin import getPlugins
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import SynchronousTestCase
+
+from golb.tap import Options, listenerDescription, makeService
+
+GOOD = """\
+listeners:
+  - name: web
+    address: "127.0.0.1:0"
+  - name: alt
+    endpoint: "tcp:port=0:interface=127.0.0.1"
+backend_pools:
+  - name: default
+    backends:
+      - url: http://127.0.0.1:3001
+demo:
+  backends: 2
+  base_port: 3001
+"""
+
+
+class PluginTests(SynchronousTestCase):
+    """
+    The C{golb} twistd plugin.
+    """
+
+    def test_discovered(self):
+        """
+        twistd finds a service maker named C{golb} whose module is L{golb.tap}.
+        """
+        makers = {maker.tapname: maker for maker in getPlugins(IServiceMaker)}
+        self.assertIn("golb", makers)
+        self.assertEqual(makers["golb"].module, "golb.tap")
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    Tests for L{Options}.
+    """
+
+    def write(self, text):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_configRequired(self):
+        """
+        Without C{--config} the usage error says the option is required.
+        """
+        error = self.assertRaises(UsageError, Options().parseOptions, [])
+        self.assertIn("--config is required", str(error))
+
+    def test_helpDocumentsConfig(self):
+        """
+        C{--help} documents C{--config}.
+        """
+        self.assertIn("--config=", str(Options()))
+
+    def test_loadsConfig(self):
+        """
+        A valid file is loaded into C{options["loaded"]}.
+        """
+        options = Options()
+        options.parseOptions(["--config", self.write(GOOD)])
+        self.assertEqual([listener.name for listener in options["loaded"].listeners],
+                         ["web", "alt"])
+
+    def test_badConfigExits(self):
+        """
+        A broken file prints each problem with its line and exits 1 without a
+        traceback.
+        """
+        path = self.write(GOOD.replace("http://127.0.0.1:3001", "localhost:3002")
+                          + "workerz: 2\n")
+        stderr = io.StringIO()
+        error = self.assertRaises(
+            SystemExit, Options(stderr=stderr).parseOptions, ["--config", path]
+        )
+        self.assertEqual(error.code, 1)
+        lines = stderr.getvalue().splitlines()
+        name = os.path.basename(path)
+        self.assertEqual(
+            lines[:2],
+            [
+                f"{name}:9: backend_pools[0].backends[0].url: "
+                "'localhost:3002' is not an http(s) URL",
+                f"{name}:13: workerz: unknown key; did you mean 'workers'?",
+            ],
+        )
+        self.assertNotIn("Traceback", stderr.getvalue())
+
+    def test_missingFile(self):
+        """
+        A missing file is reported with its path and exits 1.
+        """
+        stderr = io.StringIO()
+        error = self.assertRaises(
+            SystemExit, Options(stderr=stderr).parseOptions, ["--config", "/nonexistent/golb.yaml"]
+        )
+        self.assertEqual(error.code, 1)
+        self.assertIn("cannot read", stderr.getvalue())
+        self.assertIn("/nonexistent/golb.yaml", stderr.getvalue())
+
+
+class MakeServiceTests(SynchronousTestCase):
+    """
+    Tests for L{makeService}.
+    """
+
+    def build(self):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(GOOD)
+        options = Options()
+        options.parseOptions(["--config", path])
+        reactor = MemoryReactorClock()
+        return makeService(options, reactor=reactor), reactor
+
+    def test_namedChildren(self):
+        """
+        The tree has one C{listener:<name>} per listener and C{demo}.
+        """
+        service, reactor = self.build()
+        names = sorted(child.name for child in service)
+        self.assertEqual(names, ["demo", "listener:alt", "listener:web"])
+        self.assertIs(service.getServiceNamed("listener:web").factory.resource.golb,
+                      service.golb)
+
+    def test_startsNothing(self):
+        """
+        Building the tree opens no socket and schedules no timer; starting it
+        listens on every listener and demo backend.
+        """
+        service, reactor = self.build()
+        self.assertEqual(reactor.tcpServers, [])
+        self.assertEqual(reactor.getDelayedCalls(), [])
+        self.assertFalse(service.running)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual(len(reactor.tcpServers), 4)
+
+    def test_tlsListenerDescription(self):
+        """
+        A TLS listener is served on an C{ssl:} endpoint with its first
+        certificate.
+        """
+
+        class Pair:
+            cert = "/etc/golb/a:b.pem"
+            key = "/etc/golb/a.key"
+
+        class TLS:
+            certificates = [Pair]
+
+        class Listener:
+            endpoint = None
+            tls = TLS
+
+            def endpointDescription(self):
+                return "tcp:port=8443:interface=127.0.0.1"
+
+        self.assertEqual(
+            listenerDescription(Listener()),
+            "ssl:port=8443:interface=127.0.0.1:certKey=/etc/golb/a\\:b.pem"
+            ":privateKey=/etc/golb/a.key",
+        )
