@@ -1,0 +1,193 @@
+"""
+End-to-end tests: C{twistd -n golb --config ...} as a subprocess, checked the
+way a user would check it.
+"""
+
+import os
+import sys
+
+import treq
+from twisted.internet import defer, reactor
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.protocol import ProcessProtocol
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from golb.test.support import freePort, listenBackend
+
+
+class Twistd(ProcessProtocol):
+    """
+    A twistd process whose output is collected; C{ready} fires when golb logs
+    that it has started, C{ended} with the exit code.
+    """
+
+    def __init__(self):
+        self.output = b""
+        self.ready = defer.Deferred()
+        self.ended = defer.Deferred()
+
+    def outReceived(self, data):
+        self.output += data
+        if not self.ready.called and b"golb 0." in self.output and b"started" in self.output:
+            self.ready.callback(None)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason):
+        code = reason.value.exitCode
+        if not self.ready.called:
+            self.ready.errback(RuntimeError(self.output.decode("utf-8", "replace")))
+        self.ended.callback(code)
+
+
+def runTwistd(testCase, configText, extra=()):
+    path = testCase.mktemp()
+    with open(path, "w") as f:
+        f.write(configText)
+    protocol = Twistd()
+    argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+            "-n", "--pidfile=", "-l", "-", *extra, "golb", "--config", path]
+    env = dict(os.environ)
+    process = reactor.spawnProcess(protocol, sys.executable, argv, env=env)
+
+    def stop():
+        if protocol.ended.called:
+            return None
+        try:
+            process.signalProcess("TERM")
+        except ProcessExitedAlready:
+            pass
+        return protocol.ended
+
+    testCase.addCleanup(stop)
+    return protocol, path
+
+
+class EndToEndTests(TestCase):
+    """
+    golb run by twistd.
+    """
+
+    timeout = 60
+
+    def setUp(self):
+        self.pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(self.pool.closeCachedConnections)
+        self.client = treq.client.HTTPClient(Agent(reactor, pool=self.pool))
+
+    @defer.inlineCallbacks
+    def test_seedRoutesToBothBackends(self):
+        """
+        With the seed example's shape and two backends, requests for
+        example.com/api/ reach both backends in turn, and other requests get
+        404 with X-Golb-Error (two pools, none named default).
+        """
+        port1, b1 = listenBackend(self, name="b1")
+        port2, b2 = listenBackend(self, name="b2")
+        listen = freePort()
+        config = f"""\
+server:
+  address: "127.0.0.1:{listen}"
+backend_pools:
+  - name: "web-servers"
+    algorithm: "round_robin"
+    backends:
+      - url: "http://127.0.0.1:{port1.getHost().port}"
+        weight: 1
+      - url: "http://127.0.0.1:{port2.getHost().port}"
+        weight: 1
+  - name: "other"
+    backends:
+      - url: "http://127.0.0.1:{port1.getHost().port}"
+routing_rules:
+  - match:
+      host: "example.com"
+      path: "/api/*"
+    target_pool: "web-servers"
+"""
+        protocol, _ = runTwistd(self, config)
+        yield protocol.ready
+        seen = []
+        for i in range(4):
+            response = yield self.client.get(
+                f"http://127.0.0.1:{listen}/api/x{i}", headers={b"Host": [b"example.com"]}
+            )
+            body = yield response.content()
+            self.assertEqual(response.code, 200, body)
+            seen.append(response.headers.getRawHeaders(b"x-demo-backend")[0])
+        self.assertEqual(seen, [b"b1", b"b2", b"b1", b"b2"])
+        response = yield self.client.get(f"http://127.0.0.1:{listen}/elsewhere")
+        yield response.content()
+        self.assertEqual(response.code, 404)
+        self.assertEqual(response.headers.getRawHeaders(b"x-golb-error"), [b"no-route"])
+
+    @defer.inlineCallbacks
+    def test_demoBackends(self):
+        """
+        C{demo.backends: 2} serves at once: requests alternate between the demo
+        backends and their pages name them; SIGTERM shuts it down cleanly.
+        """
+        listen = freePort()
+        base = freePort()
+        config = f"""\
+listeners:
+  - name: web
+    address: "127.0.0.1:{listen}"
+backend_pools:
+  - name: default
+    backends:
+      - url: http://127.0.0.1:{base}
+      - url: http://127.0.0.1:{base + 1}
+admin:
+  address: "127.0.0.1:0"
+monitoring:
+  prometheus: {{port: 0}}
+demo:
+  backends: 2
+  base_port: {base}
+"""
+        protocol, _ = runTwistd(self, config)
+        yield protocol.ready
+        names = []
+        for _ in range(2):
+            response = yield self.client.get(f"http://127.0.0.1:{listen}/")
+            body = yield response.content()
+            names.append(body.split(b" (")[0])
+        self.assertEqual(names, [b"golb demo backend demo-1", b"golb demo backend demo-2"])
+        reactor.callLater(0, protocol.transport.signalProcess, "TERM")
+        yield protocol.ended
+        self.assertIn(b"Server Shut Down.", protocol.output)
+        self.assertNotIn(b"Traceback", protocol.output)
+
+    @defer.inlineCallbacks
+    def test_badConfig(self):
+        """
+        A broken file makes twistd exit non-zero with every problem and its
+        line, and no traceback.
+        """
+        config = """\
+server:
+  address: ":8080"
+backend_pools:
+  - name: web
+    backends:
+      - url: "localhost:3002"
+    helth_check: {}
+    timeouts: {connect: 3x}
+"""
+        protocol, path = runTwistd(self, config)
+        code = yield protocol.ended
+        self.assertNotEqual(code, 0)
+        output = protocol.output.decode("utf-8")
+        name = os.path.basename(path)
+        self.assertIn(
+            f"{name}:6: backend_pools[0].backends[0].url: 'localhost:3002' is not an "
+            "http(s) URL", output)
+        self.assertIn(
+            f"{name}:7: backend_pools[0].helth_check: unknown key; did you mean "
+            "'health_check'?", output)
+        self.assertIn(f"{name}:8: backend_pools[0].timeouts.connect: '3x' is not a duration",
+                      output)
+        self.assertNotIn("Traceback", output)
+        yield self.assertFailure(protocol.ready, RuntimeError)
