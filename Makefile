@@ -24,7 +24,7 @@ run: install
 	$(VENV)/bin/twistd -n --pidfile= golb --config $(CONFIG)
 
 lint: install
-	$(VENV)/bin/ruff check golb twisted bench
+	$(VENV)/bin/ruff check golb twisted $(wildcard bench)
 
 check: install
 	$(VENV)/bin/golb check $(CONFIG)
