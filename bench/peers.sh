@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# bench/peers.sh -- golb front-end for the shared peers harness (../shared/peers/peers.sh --cmd).
+# Reads PORT (listen port, 127.0.0.1) and BACKENDS (host:port,host:port) from the environment,
+# writes a golb YAML (to $GOLB_PEERS_YAML, default a temp file) and execs twistd in the foreground.
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+: "${PORT:?PORT not set}" "${BACKENDS:?BACKENDS not set}"
+CFG=${GOLB_PEERS_YAML:-$(mktemp /tmp/golb-peers-XXXXXX.yaml)}
+{
+  echo "listeners:"
+  echo "  - name: peers"
+  echo "    address: \"127.0.0.1:$PORT\""
+  echo "backend_pools:"
+  echo "  - name: default"
+  echo "    algorithm: round_robin"
+  echo "    backends:"
+  for b in ${BACKENDS//,/ }; do echo "      - url: http://$b"; done
+} >"$CFG"
+TWISTD=${GOLB_TWISTD:-$HERE/../.venv/bin/twistd}
+exec "$TWISTD" -n --pidfile= golb --config "$CFG"
