@@ -17,7 +17,7 @@ from twisted.python import usage
 from golb import __version__
 from golb.config import ConfigError, loadConfig
 
-__all__ = ["GolbService", "Options", "listenerDescription", "makeService"]
+__all__ = ["GolbService", "Options", "listenerDescription", "listenerSite", "makeService"]
 
 
 class Options(usage.Options):
@@ -118,6 +118,30 @@ class GolbService(MultiService):
         return d.addBoth(closeUpstreams)
 
 
+def listenerSite(golb, listener, reactor, **overrides):
+    """
+    The L{golb.listener.GolbSite} serving one configured listener, with a
+    L{golb.routing.RoutingResource} over C{golb} at its root.
+
+    @param overrides: keyword arguments replacing those taken from the
+        listener's configuration.
+    """
+    from golb.listener import GolbSite
+    from golb.routing import RoutingResource
+
+    args = dict(
+        reactor=reactor,
+        maxHeaderBytes=listener.max_header_bytes,
+        maxBodyBytes=listener.max_body_bytes,
+        requestHeaderTimeout=listener.timeouts.request_header,
+        idleTimeout=listener.timeouts.idle,
+        trustedProxies=golb.config.trusted_proxies,
+        listenerName=listener.name,
+    )
+    args.update(overrides)
+    return GolbSite(RoutingResource(golb, listener.name), **args)
+
+
 def makeService(options, reactor=None) -> GolbService:
     """
     Build golb's service tree from parsed L{Options}; nothing listens and no
@@ -127,23 +151,11 @@ def makeService(options, reactor=None) -> GolbService:
         from twisted.internet import reactor
     from golb.app import Golb
     from golb.demo import DemoService
-    from golb.listener import GolbSite
-    from golb.routing import RoutingResource
-
     config = options["loaded"]
     golb = Golb(config, reactor=reactor)
     root = GolbService(golb)
     for listener in config.listeners:
-        site = GolbSite(
-            RoutingResource(golb, listener.name),
-            reactor=reactor,
-            maxHeaderBytes=listener.max_header_bytes,
-            maxBodyBytes=listener.max_body_bytes,
-            requestHeaderTimeout=listener.timeouts.request_header,
-            idleTimeout=listener.timeouts.idle,
-            trustedProxies=config.trusted_proxies,
-            listenerName=listener.name,
-        )
+        site = listenerSite(golb, listener, reactor)
         endpoint = serverFromString(reactor, listenerDescription(listener))
         service = StreamServerEndpointService(endpoint, site)
         service._raiseSynchronously = True

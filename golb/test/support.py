@@ -15,8 +15,7 @@ from twisted.web.server import Site
 from golb.app import Golb
 from golb.config import parseConfig
 from golb.demo import DemoBackend
-from golb.listener import GolbSite
-from golb.routing import RoutingResource
+from golb.tap import listenerSite
 
 __all__ = [
     "RawClient",
@@ -52,6 +51,17 @@ def listenBackend(testCase, resource=None, name="b1"):
     site = Site(resource)
     site.protocol = HTTPChannel
     site.log = lambda request: None
+    _trackProtocols(site)
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    testCase.addCleanup(_closeSite, port, site)
+    resource.site = site
+    return port, resource
+
+
+def _trackProtocols(site):
+    """
+    Make C{site} remember the protocols it builds, so cleanup can close them.
+    """
     site.openProtocols = []
     original = site.buildProtocol
 
@@ -61,10 +71,6 @@ def listenBackend(testCase, resource=None, name="b1"):
         return protocol
 
     site.buildProtocol = buildProtocol
-    port = reactor.listenTCP(0, site, interface="127.0.0.1")
-    testCase.addCleanup(_closeSite, port, site)
-    resource.site = site
-    return port, resource
 
 
 def _closeSite(port, site):
@@ -96,27 +102,8 @@ def listenGolb(testCase, yaml: str, **siteArgs):
     """
     config = parseConfig(yaml, "test.yaml")
     golb = Golb(config, reactor=reactor)
-    listener = config.listeners[0]
-    args = dict(
-        reactor=reactor,
-        maxHeaderBytes=listener.max_header_bytes,
-        maxBodyBytes=listener.max_body_bytes,
-        requestHeaderTimeout=listener.timeouts.request_header,
-        idleTimeout=listener.timeouts.idle,
-        trustedProxies=config.trusted_proxies,
-        listenerName=listener.name,
-    )
-    args.update(siteArgs)
-    site = GolbSite(RoutingResource(golb, listener.name), **args)
-    site.openProtocols = []
-    original = site.buildProtocol
-
-    def buildProtocol(addr):
-        protocol = original(addr)
-        site.openProtocols.append(protocol)
-        return protocol
-
-    site.buildProtocol = buildProtocol
+    site = listenerSite(golb, config.listeners[0], reactor, **siteArgs)
+    _trackProtocols(site)
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     testCase.addCleanup(golb.close)
     testCase.addCleanup(_closeSite, port, site)
