@@ -81,7 +81,7 @@ class Golb:
         self.backends = BackendRegistry(upstreamFactory)
         self.config = config
         self.runtime: Optional[Runtime] = None
-        self.runtime = Runtime.build(config, self.backends)
+        self.runtime = Runtime.build(config, self.backends, self.reactor)
 
     @property
     def pools(self):
@@ -96,7 +96,7 @@ class Golb:
         one assignment.  If compiling fails nothing changes and the error
         propagates.
         """
-        runtime = Runtime.build(config, self.backends)
+        runtime = Runtime.build(config, self.backends, self.reactor)
         self.runtime = runtime
         self.config = config
         self.backends.retain(runtime.pools.values())

@@ -33,6 +33,7 @@ class Backend:
     @ivar healthy: the verdict of health checking.
     @ivar inFlight: requests being forwarded to it right now.
     @ivar upstream: its connection pool (a L{golb.upstream.UpstreamPool}).
+    @ivar latency: peak-EWMA time to response head, in seconds (0 = none yet).
     """
 
     pool: str = attr.ib()
@@ -51,6 +52,17 @@ class Backend:
     requests: int = attr.ib(default=0)
     failures: int = attr.ib(default=0)
     upstream: Optional[object] = attr.ib(default=None)
+    latency: float = attr.ib(default=0.0)
+
+    def recordLatency(self, seconds: float) -> None:
+        """
+        Fold one response time into the peak-EWMA L{latency}: a slower sample
+        is taken at once, faster ones pull it down gradually.
+        """
+        if seconds >= self.latency or not self.latency:
+            self.latency = seconds
+        else:
+            self.latency = 0.7 * self.latency + 0.3 * seconds
 
     def __repr__(self) -> str:
         return f"<Backend {self.pool}/{self.id} {self.state} healthy={self.healthy}>"
@@ -241,7 +253,7 @@ class BackendRegistry:
             name=poolConfig.name,
             config=poolConfig,
             backends=backends,
-            balancer=balancerFor(poolConfig.algorithm),
+            balancer=balancerFor(poolConfig.algorithm, poolConfig.hash_on),
             budget=RetryBudget(poolConfig.retries.budget, self.clock),
         )
 

@@ -237,11 +237,16 @@ class Exchange:
     @ivar tried: the backends already attempted.
     """
 
-    def __init__(self, request, pool, headers: ProxyHeaders, listenerName: str = "default"):
+    def __init__(self, request, pool, headers: ProxyHeaders, listenerName: str = "default",
+                 reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor
         self.request = request
         self.pool = pool
         self.config = pool.config
         self.listenerName = listenerName
+        self.reactor = reactor
+        self.started = 0.0
         self.tried: List[object] = []
         self.backend = None
         self.response = None
@@ -306,6 +311,7 @@ class Exchange:
             bodyLength=self.bodyLength,
             onInformational=self._informational,
         )
+        self.started = self.reactor.seconds()
         d = backend.upstream.request(upstreamRequest)
         self.pending = d
         d.addCallbacks(self._gotResponse, self._attemptFailed)
@@ -363,6 +369,8 @@ class Exchange:
 
     def _gotResponse(self, response) -> None:
         self.pending = None
+        if self.backend is not None:
+            self.backend.recordLatency(self.reactor.seconds() - self.started)
         if self.clientGone:
             response.stopProducing()
             self._release()

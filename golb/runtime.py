@@ -39,14 +39,16 @@ class Runtime:
 
     log = Logger()
 
-    def __init__(self, config, pools: Dict[str, Pool], router: Router, headers: ProxyHeaders):
+    def __init__(self, config, pools: Dict[str, Pool], router: Router, headers: ProxyHeaders,
+                 reactor=None):
+        self.reactor = reactor
         self.config = config
         self.pools = pools
         self.router = router
         self.headers = headers
 
     @classmethod
-    def build(cls, config, registry: BackendRegistry) -> "Runtime":
+    def build(cls, config, registry: BackendRegistry, reactor=None) -> "Runtime":
         """
         Compile C{config}, reusing the live backends in C{registry}.
         """
@@ -86,12 +88,14 @@ class Runtime:
         name = defaultPoolName(config)
         if name is not None:
             default = Route(name="default", order=len(routes), pool=pools[name])
-        return cls(config, pools, Router(routes, default), ProxyHeaders(config.trusted_proxies))
+        return cls(
+            config, pools, Router(routes, default), ProxyHeaders(config.trusted_proxies), reactor
+        )
 
     def forward(self, request, route: Route, listenerName: str = "default") -> None:
         """
         Forward C{request} along C{route}.
         """
         pool = route.choosePool()
-        Exchange(request, pool, self.headers, listenerName).start()
+        Exchange(request, pool, self.headers, listenerName, self.reactor).start()
 
