@@ -158,6 +158,8 @@ class Pool:
     @ivar backends: primaries and backups in configuration order.
     @ivar active: client requests being forwarded through it now.
     @ivar budget: its L{RetryBudget}.
+    @ivar panicThreshold: the healthy share below which health is ignored.
+    @ivar panicking: whether the last pick was made in panic mode.
     """
 
     name: str = attr.ib()
@@ -165,20 +167,44 @@ class Pool:
     backends: List[Backend] = attr.ib()
     balancer: IBalancer = attr.ib()
     active: int = attr.ib(default=0)
+    panicThreshold: float = attr.ib(default=0.5)
+    panicking: bool = attr.ib(default=False)
     budget: "RetryBudget" = attr.ib(factory=lambda: RetryBudget(0.2))
 
     def candidates(self, exclude: Iterable[Backend] = ()) -> List[Backend]:
         """
         The backends that may take a new request: available primaries, else
         available backups.
+
+        Panic mode: when fewer than C{panic_threshold} of the pool's ready
+        backends are healthy, health is ignored and every ready backend under
+        its connection limit is a candidate, so that a health-check outage
+        (or a real one affecting most backends) spreads load instead of
+        crushing the few survivors.
         """
         excluded = exclude if isinstance(exclude, (set, frozenset)) else set(exclude)
         primaries = []
         backups = []
+        ready = 0
+        healthy = 0
         for backend in self.backends:
+            if backend.state != "ready":
+                continue
+            ready += 1
+            if backend.healthy:
+                healthy += 1
             if backend in excluded or not backend.available():
                 continue
             (backups if backend.backup else primaries).append(backend)
+        if ready and healthy < self.panicThreshold * ready:
+            self.panicking = True
+            everyone = [
+                backend for backend in self.backends
+                if backend.state == "ready" and backend not in excluded
+                and not (backend.maxConnections and backend.inFlight >= backend.maxConnections)
+            ]
+            return everyone
+        self.panicking = False
         return primaries or backups
 
     def pick(self, request, exclude: Iterable[Backend] = ()) -> Optional[Backend]:
@@ -255,6 +281,7 @@ class BackendRegistry:
             backends=backends,
             balancer=balancerFor(poolConfig.algorithm, poolConfig.hash_on),
             budget=RetryBudget(poolConfig.retries.budget, self.clock),
+            panicThreshold=poolConfig.panic_threshold,
         )
 
     def retain(self, pools: Iterable[Pool]):

@@ -27,6 +27,7 @@ from golb.upstream import (
 
 __all__ = [
     "Exchange",
+    "mirror",
     "HOP_BY_HOP",
     "IDEMPOTENT_METHODS",
     "ProxyHeaders",
@@ -501,3 +502,67 @@ class Exchange:
         if not self.clientGone:
             renderError(self.request, GolbError("bad-gateway"))
         self._finishExchange()
+
+
+# Request bodies up to this size are copied to mirrors; larger ones are not
+# mirrored (the copy would double their memory).
+MIRROR_MAX_BODY = 1024 * 1024
+
+
+class _Discard:
+    """
+    Reads and drops a mirrored response's body.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+    def bodyDone(self, reason) -> None:
+        pass
+
+
+def mirror(request, pool, headers: ProxyHeaders) -> None:
+    """
+    Send a copy of C{request} to a backend of C{pool} and drop the answer.
+    The copy never delays or fails the real request: errors are logged at
+    debug level and bodies over L{MIRROR_MAX_BODY} are not mirrored.
+    """
+    body, length = _requestBody(request)
+    if length > MIRROR_MAX_BODY:
+        return
+    data = None
+    if body is not None:
+        data = body.read()
+        body.seek(0, 0)
+    backend = pool.pick(request)
+    if backend is None or backend.upstream is None:
+        return
+    host = request.requestHeaders.getRawHeaders(b"host", [backend.hostHeader])[0]
+    target = _originForm(request.uri)
+    if backend.pathPrefix:
+        target = backend.pathPrefix.rstrip("/").encode("utf-8") + target
+    upstreamRequest = UpstreamRequest(
+        method=request.method,
+        target=target,
+        headers=[(b"Host", host)] + headers.build(request),
+        body=data,
+        bodyLength=length,
+    )
+    backend.inFlight += 1
+    backend.requests += 1
+
+    def answered(response):
+        response.deliverBody(_Discard())
+
+    def done(result):
+        backend.inFlight -= 1
+        return result
+
+    def failed(reason):
+        log.debug("mirror to {pool}/{backend} failed: {reason}", pool=pool.name,
+                  backend=backend.id, reason=reason.getErrorMessage())
+
+    d = backend.upstream.request(upstreamRequest)
+    d.addCallback(answered)
+    d.addBoth(done)
+    d.addErrback(failed)

@@ -4,12 +4,13 @@ request path reads (router, pools, forwarding headers).  It is replaced whole
 on reload; requests already in flight keep the one they started with.
 """
 
+import random
 from typing import Dict
 
 from twisted.logger import Logger
 
 from golb.pool import BackendRegistry, Pool
-from golb.proxy import Exchange, ProxyHeaders
+from golb.proxy import Exchange, ProxyHeaders, mirror
 from golb.routing import Route, Router, checksFor
 
 __all__ = ["Runtime", "defaultPoolName"]
@@ -97,5 +98,9 @@ class Runtime:
         Forward C{request} along C{route}.
         """
         pool = route.choosePool()
+        if route.mirror is not None:
+            shadow, share = route.mirror
+            if share >= 1.0 or random.random() < share:
+                mirror(request, shadow, self.headers)
         Exchange(request, pool, self.headers, listenerName, self.reactor).start()
 

@@ -583,3 +583,85 @@ class UpgradeTests(ProxyTestCase):
         client.transport.write(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
         yield client.waitFor(lambda data: len(data) >= head + 2 + len(payload))
         self.assertEqual(client.received[head:], bytes([0x81, len(payload)]) + payload)
+
+
+class SplitMirrorTests(ProxyTestCase):
+    """
+    Weighted splits and mirrors.
+    """
+
+    def yaml(self, main, shadow, canary):
+        return f"""\
+listeners:
+  - name: web
+    address: '127.0.0.1:0'
+backend_pools:
+  - name: main
+    backends: [{{url: "http://127.0.0.1:{main}"}}]
+  - name: canary
+    backends: [{{url: "http://127.0.0.1:{canary}"}}]
+  - name: shadow
+    backends: [{{url: "http://127.0.0.1:{shadow}"}}]
+routing_rules:
+  - match: {{path_prefix: /split}}
+    split: [{{pool: main, weight: 90}}, {{pool: canary, weight: 10}}]
+  - match: {{path_prefix: /}}
+    target_pool: main
+    mirror: {{pool: shadow, percent: 100%}}
+"""
+
+    @defer.inlineCallbacks
+    def test_mirror(self):
+        """
+        A mirrored request reaches the shadow pool with its body; the client
+        gets the main pool's answer.
+        """
+        port1, main = listenBackend(self, name="main")
+        port2, shadow = listenBackend(self, name="shadow")
+        received = defer.Deferred()
+        original = shadow.render
+
+        def render(request):
+            result = original(request)
+            received.callback(result)
+            return result
+
+        shadow.render = render
+        golb, listening, site = listenGolb(
+            self, self.yaml(port1.getHost().port, port2.getHost().port, freePort()))
+        self.base = f"http://127.0.0.1:{listening.getHost().port}"
+        response = yield self.client.post(self.base + "/m", data=b"copy me")
+        body = yield response.content()
+        self.assertEqual(response.headers.getRawHeaders(b"x-demo-backend"), [b"main"])
+        shadowBody = yield received
+        self.assertTrue(shadowBody.endswith(b"copy me"))
+        self.assertTrue(body.endswith(b"copy me"))
+
+    @defer.inlineCallbacks
+    def test_deadMirrorHarmless(self):
+        """
+        A dead shadow pool never fails the real request.
+        """
+        port1, main = listenBackend(self, name="main")
+        golb, listening, site = listenGolb(
+            self, self.yaml(port1.getHost().port, freePort(), freePort()))
+        self.base = f"http://127.0.0.1:{listening.getHost().port}"
+        for _ in range(5):
+            response, body = yield self.get("/")
+            self.assertEqual(response.code, 200)
+
+    @defer.inlineCallbacks
+    def test_split(self):
+        """
+        A 90/10 split sends 10% +-5% of 400 requests to the canary pool.
+        """
+        port1, main = listenBackend(self, name="main")
+        port2, canary = listenBackend(self, name="canary")
+        golb, listening, site = listenGolb(
+            self, self.yaml(port1.getHost().port, freePort(), port2.getHost().port))
+        self.base = f"http://127.0.0.1:{listening.getHost().port}"
+        for _ in range(400):
+            response, body = yield self.get("/split")
+            self.assertEqual(response.code, 200)
+        self.assertLess(abs(canary.requests / 400 - 0.1), 0.05)
+        self.assertEqual(main.requests + canary.requests, 400)
