@@ -7,6 +7,7 @@ while the backend stays configured.  A L{Pool} is rebuilt on each reload; it
 holds the configuration, the backends in order and the balancer.
 """
 
+import hashlib
 import time
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
@@ -66,6 +67,15 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"<Backend {self.pool}/{self.id} {self.state} healthy={self.healthy}>"
+
+    @property
+    def stickyValue(self) -> bytes:
+        """
+        The opaque sticky-cookie value naming this backend (a hash of its pool
+        and URL, so the cookie does not reveal backend addresses).
+        """
+        digest = hashlib.blake2b(f"{self.pool} {self.url}".encode(), digest_size=8)
+        return digest.hexdigest().encode("ascii")
 
     @property
     def hostHeader(self) -> bytes:
@@ -160,6 +170,7 @@ class Pool:
     @ivar budget: its L{RetryBudget}.
     @ivar panicThreshold: the healthy share below which health is ignored.
     @ivar panicking: whether the last pick was made in panic mode.
+    @ivar stickyValues: backends by sticky-cookie value (empty: not sticky).
     """
 
     name: str = attr.ib()
@@ -169,6 +180,7 @@ class Pool:
     active: int = attr.ib(default=0)
     panicThreshold: float = attr.ib(default=0.5)
     panicking: bool = attr.ib(default=False)
+    stickyValues: Dict[bytes, Backend] = attr.ib(factory=dict)
     budget: "RetryBudget" = attr.ib(factory=lambda: RetryBudget(0.2))
 
     def candidates(self, exclude: Iterable[Backend] = ()) -> List[Backend]:
@@ -207,10 +219,37 @@ class Pool:
         self.panicking = False
         return primaries or backups
 
+    def stickyBackend(self, request, exclude: Iterable[Backend] = ()) -> Optional[Backend]:
+        """
+        The backend named by the request's sticky cookie, if the pool has
+        sticky sessions and that backend may still serve it: ready or
+        draining (a drained backend keeps its sessions), healthy, under its
+        connection limit and not already tried.
+        """
+        cookie = self.config.sticky.cookie if self.config is not None else None
+        if not cookie or request is None:
+            return None
+        value = request.getCookie(cookie.encode("ascii"))
+        if not value:
+            return None
+        backend = self.stickyValues.get(value)
+        if backend is None or backend in exclude:
+            return None
+        if backend.state == "maint" or not backend.healthy:
+            return None
+        if backend.maxConnections and backend.inFlight >= backend.maxConnections:
+            return None
+        return backend
+
     def pick(self, request, exclude: Iterable[Backend] = ()) -> Optional[Backend]:
         """
-        Choose a backend for C{request}, or L{None} when none may take it.
+        Choose a backend for C{request}, or L{None} when none may take it:
+        its sticky backend when it has one, else the balancer's choice.
         """
+        if self.stickyValues:
+            sticky = self.stickyBackend(request, exclude)
+            if sticky is not None:
+                return sticky
         candidates = self.candidates(exclude)
         if not candidates:
             return None
@@ -282,6 +321,10 @@ class BackendRegistry:
             balancer=balancerFor(poolConfig.algorithm, poolConfig.hash_on),
             budget=RetryBudget(poolConfig.retries.budget, self.clock),
             panicThreshold=poolConfig.panic_threshold,
+            stickyValues=(
+                {backend.stickyValue: backend for backend in backends}
+                if poolConfig.sticky.cookie else {}
+            ),
         )
 
     def retain(self, pools: Iterable[Pool]):

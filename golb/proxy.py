@@ -398,12 +398,28 @@ class Exchange:
         request = self.request
         request.setResponseCode(code, response.phrase or None)
         responseHeaders(response, request)
+        if self.pool.stickyValues:
+            self._setSticky()
         if request.method == b"HEAD" or code in (204, 304) or response.length == 0:
             request.write(b"")
             self.bodyDone(None)
             return
         request.registerProducer(response, True)
         response.deliverBody(self)
+
+    def _setSticky(self) -> None:
+        sticky = self.config.sticky
+        backend = self.tried[-1]
+        name = sticky.cookie.encode("ascii")
+        value = backend.stickyValue
+        if self.request.getCookie(name) == value:
+            return
+        cookie = name + b"=" + value + b"; Path=/; HttpOnly; SameSite=Lax"
+        if sticky.ttl:
+            cookie += b"; Max-Age=%d" % (int(sticky.ttl),)
+        if self.request.isSecure():
+            cookie += b"; Secure"
+        self.request.responseHeaders.addRawHeader(b"Set-Cookie", cookie)
 
     # Response body, as the upstream's receiver
 

@@ -4,6 +4,7 @@ Tests for L{golb.proxy}: real loopback backends behind a real golb listener.
 
 import base64
 import hashlib
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import treq
 from twisted.internet import defer, reactor
@@ -665,3 +666,47 @@ routing_rules:
             self.assertEqual(response.code, 200)
         self.assertLess(abs(canary.requests / 400 - 0.1), 0.05)
         self.assertEqual(main.requests + canary.requests, 400)
+
+
+class StickyTests(ProxyTestCase):
+    """
+    Sticky sessions by cookie.
+    """
+
+    @defer.inlineCallbacks
+    def test_roundTrip(self):
+        """
+        The first response sets the sticky cookie; requests carrying it keep
+        reaching the same backend, even after it is drained; a maintenance
+        backend loses its sessions.
+        """
+        # a client that keeps no cookies: each request says what it carries
+        jar = CookieJar(DefaultCookiePolicy(allowed_domains=[]))
+        self.client = treq.client.HTTPClient(Agent(reactor, pool=self.pool), cookiejar=jar)
+        port1, b1 = listenBackend(self, name="b1")
+        port2, b2 = listenBackend(self, name="b2")
+        golb = self.golb(port1.getHost().port, port2.getHost().port,
+                         extra="    sticky: {cookie: GOLBID, ttl: 1h}\n")
+        response, body = yield self.get()
+        first = response.headers.getRawHeaders(b"x-demo-backend")[0]
+        (cookie,) = response.headers.getRawHeaders(b"set-cookie")
+        self.assertIn(b"Max-Age=3600", cookie)
+        self.assertIn(b"HttpOnly", cookie)
+        value = cookie.split(b";")[0]
+        seen = set()
+        for _ in range(4):
+            response, body = yield self.get("/", headers={b"Cookie": [value]})
+            seen.add(response.headers.getRawHeaders(b"x-demo-backend")[0])
+            self.assertIsNone(response.headers.getRawHeaders(b"set-cookie"))
+        self.assertEqual(seen, {first})
+        ports = {b"b1": port1.getHost().port, b"b2": port2.getHost().port}
+        (mine,) = [b for b in golb.backends if b.port == ports[first]]
+        mine.state = "drain"
+        response, body = yield self.get("/", headers={b"Cookie": [value]})
+        self.assertEqual(response.headers.getRawHeaders(b"x-demo-backend"), [first])
+        response, body = yield self.get("/")
+        self.assertNotEqual(response.headers.getRawHeaders(b"x-demo-backend"), [first])
+        mine.state = "maint"
+        response, body = yield self.get("/", headers={b"Cookie": [value]})
+        self.assertNotEqual(response.headers.getRawHeaders(b"x-demo-backend"), [first])
+        self.assertEqual(len(response.headers.getRawHeaders(b"set-cookie")), 1)
