@@ -40,6 +40,7 @@ ERRORS = {
     "no-backend": (503, "No healthy backend is available."),
     "circuit-open": (503, "The backend pool is overloaded (circuit open)."),
     "queue-timeout": (503, "Every backend stayed busy for too long."),
+    "queue-full": (503, "Every backend is busy and the waiting room is full."),
     "shutting-down": (503, "The load balancer is shutting down."),
     "upstream-timeout": (504, "The backend did not answer in time."),
 }

@@ -7,9 +7,10 @@ while the backend stays configured.  A L{Pool} is rebuilt on each reload; it
 holds the configuration, the backends in order and the balancer.
 """
 
+import collections
 import hashlib
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Deque, Dict, Iterable, List, Optional, Tuple
 
 import attr
 from twisted.logger import Logger
@@ -171,6 +172,7 @@ class Pool:
     @ivar panicThreshold: the healthy share below which health is ignored.
     @ivar panicking: whether the last pick was made in panic mode.
     @ivar stickyValues: backends by sticky-cookie value (empty: not sticky).
+    @ivar waiting: requests queued for a free slot (the C{queue}), oldest first.
     """
 
     name: str = attr.ib()
@@ -181,6 +183,7 @@ class Pool:
     panicThreshold: float = attr.ib(default=0.5)
     panicking: bool = attr.ib(default=False)
     stickyValues: Dict[bytes, Backend] = attr.ib(factory=dict)
+    waiting: Deque[Callable[[], None]] = attr.ib(factory=collections.deque)
     budget: "RetryBudget" = attr.ib(factory=lambda: RetryBudget(0.2))
 
     def candidates(self, exclude: Iterable[Backend] = ()) -> List[Backend]:
@@ -218,6 +221,45 @@ class Pool:
             return everyone
         self.panicking = False
         return primaries or backups
+
+    def saturated(self, exclude: Iterable[Backend] = ()) -> bool:
+        """
+        Whether some ready, healthy backend is only held back by its
+        C{max_connections}: then a request may wait for it in the queue.
+        """
+        for backend in self.backends:
+            if backend in exclude or backend.state != "ready" or not backend.healthy:
+                continue
+            if backend.maxConnections and backend.inFlight >= backend.maxConnections:
+                return True
+        return False
+
+    def wait(self, wake: Callable[[], None]) -> bool:
+        """
+        Queue C{wake} to be called when a backend frees a slot.
+
+        @return: C{False} when the queue is full (or disabled).
+        """
+        if len(self.waiting) >= self.config.queue.max:
+            return False
+        self.waiting.append(wake)
+        return True
+
+    def unwait(self, wake: Callable[[], None]) -> None:
+        """
+        Forget a queued C{wake} (its client left or it timed out).
+        """
+        try:
+            self.waiting.remove(wake)
+        except ValueError:
+            pass
+
+    def slotFreed(self) -> None:
+        """
+        A backend finished a request: wake the longest-waiting request.
+        """
+        if self.waiting:
+            self.waiting.popleft()()
 
     def stickyBackend(self, request, exclude: Iterable[Backend] = ()) -> Optional[Backend]:
         """

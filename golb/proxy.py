@@ -248,6 +248,7 @@ class Exchange:
         self.listenerName = listenerName
         self.reactor = reactor
         self.started = 0.0
+        self.queued = None
         self.tried: List[object] = []
         self.backend = None
         self.response = None
@@ -283,6 +284,9 @@ class Exchange:
     def _attempt(self, lastError: Optional[GolbError]) -> None:
         backend = self.pool.pick(self.request, self.tried)
         if backend is None:
+            if lastError is None and self.pool.saturated(self.tried):
+                self._queue()
+                return
             self._fail(lastError or GolbError("no-backend"))
             return
         self.tried.append(backend)
@@ -322,6 +326,29 @@ class Exchange:
         backend, self.backend = self.backend, None
         if backend is not None:
             backend.inFlight -= 1
+            if self.pool.waiting:
+                self.pool.slotFreed()
+
+    def _queue(self) -> None:
+        """
+        Wait for a backend slot, up to the pool's C{queue.timeout}.
+        """
+        if not self.pool.wait(self._dequeued):
+            self._fail(GolbError("queue-full"))
+            return
+        self.queued = self.reactor.callLater(self.config.queue.timeout, self._queueTimeout)
+
+    def _dequeued(self) -> None:
+        queued, self.queued = self.queued, None
+        if queued is not None and queued.active():
+            queued.cancel()
+        if not self.clientGone:
+            self._attempt(None)
+
+    def _queueTimeout(self) -> None:
+        self.queued = None
+        self.pool.unwait(self._dequeued)
+        self._fail(GolbError("queue-timeout"))
 
     def _mayRetry(self, kind: str) -> bool:
         if self.attemptsLeft <= 0 or self.clientGone or kind not in self.retryOn:
@@ -503,6 +530,13 @@ class Exchange:
 
     def _clientLost(self, reason: Failure) -> None:
         self.clientGone = True
+        if self.queued is not None:
+            queued, self.queued = self.queued, None
+            if queued.active():
+                queued.cancel()
+            self.pool.unwait(self._dequeued)
+            self._finishExchange()
+            return
         if self.pending is not None:
             pending, self.pending = self.pending, None
             pending.cancel()

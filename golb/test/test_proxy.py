@@ -9,6 +9,7 @@ from http.cookiejar import CookieJar, DefaultCookiePolicy
 import treq
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
@@ -710,3 +711,64 @@ class StickyTests(ProxyTestCase):
         response, body = yield self.get("/", headers={b"Cookie": [value]})
         self.assertNotEqual(response.headers.getRawHeaders(b"x-demo-backend"), [first])
         self.assertEqual(len(response.headers.getRawHeaders(b"set-cookie")), 1)
+
+
+class QueueTests(ProxyTestCase):
+    """
+    max_connections with a waiting room.
+    """
+
+    @defer.inlineCallbacks
+    def test_queue(self):
+        """
+        Beyond max_connections requests wait in the queue and go through when
+        a slot frees; beyond queue.max they get 503 queue-full; a request that
+        waits longer than queue.timeout gets 503 queue-timeout.
+        """
+        held = []
+        arrived = defer.Deferred()
+
+        def hold(request):
+            held.append(request)
+            if not arrived.called:
+                arrived.callback(None)
+            return NOT_DONE_YET
+
+        port, backend = listenBackend(self, FunctionResource(hold))
+        number = port.getHost().port
+        golb, listening, site = listenGolb(self, f"""\
+listeners: [{{name: web, address: "127.0.0.1:0"}}]
+backend_pools:
+  - name: default
+    backends: [{{url: "http://127.0.0.1:{number}", max_connections: 1}}]
+    queue: {{max: 1, timeout: 300ms}}
+""")
+        base = f"http://127.0.0.1:{listening.getHost().port}"
+        first = self.client.get(base + "/1")
+        yield arrived
+        second = self.client.get(base + "/2")
+        (pool,) = golb.pools.values()
+        while not pool.waiting:
+            yield deferLater(reactor, 0.01, lambda: None)
+        third = yield self.client.get(base + "/3")
+        yield third.content()
+        self.assertEqual(third.code, 503)
+        self.assertEqual(third.headers.getRawHeaders(b"x-golb-error"), [b"queue-full"])
+        held[0].write(b"one")
+        held[0].finish()
+        response = yield first
+        self.assertEqual((yield response.content()), b"one")
+        while len(held) < 2:
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(held[1].path, b"/2")
+        held[1].write(b"two")
+        held[1].finish()
+        response = yield second
+        self.assertEqual((yield response.content()), b"two")
+        fourth = self.client.get(base + "/4")
+        fifth = yield self.client.get(base + "/5")
+        yield fifth.content()
+        self.assertEqual(fifth.code, 503)
+        self.assertEqual(fifth.headers.getRawHeaders(b"x-golb-error"), [b"queue-timeout"])
+        held[2].finish()
+        yield (yield fourth).content()
