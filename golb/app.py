@@ -82,6 +82,7 @@ class Golb:
         self.config = config
         self.runtime: Optional[Runtime] = None
         self.runtime = Runtime.build(config, self.backends, self.reactor)
+        self.backends.built()
 
     @property
     def pools(self):

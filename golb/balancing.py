@@ -62,7 +62,7 @@ class RoundRobin:
             return backends[0]
         total = 0
         for backend in backends:
-            total += backend.weight
+            total += backend.effectiveWeight
         if total <= 0:
             backend = backends[self._counter % len(backends)]
             self._counter += 1
@@ -70,7 +70,7 @@ class RoundRobin:
         slot = self._counter % total
         self._counter += 1
         for backend in backends:
-            slot -= backend.weight
+            slot -= backend.effectiveWeight
             if slot < 0:
                 return backend
         return backends[-1]  # pragma: no cover (unreachable)
@@ -94,7 +94,7 @@ class SmoothWeightedRoundRobin:
         bestWeight = 0
         current = self._current
         for backend in backends:
-            weight = backend.weight or 0
+            weight = backend.effectiveWeight or 0
             total += weight
             key = id(backend)
             value = current.get(key, 0) + weight
@@ -117,7 +117,7 @@ def _load(backend) -> float:
     """
     Outstanding requests per unit of weight (weight 0 counts as tiny).
     """
-    return (backend.inFlight + 1) / (backend.weight or 0.01)
+    return (backend.inFlight + 1) / (backend.effectiveWeight or 0.01)
 
 
 @implementer(IBalancer)
@@ -154,7 +154,7 @@ class WeightedRandom:
         self._rng = rng or random.Random()
 
     def pick(self, request, backends):
-        weights = [backend.weight for backend in backends]
+        weights = [backend.effectiveWeight for backend in backends]
         if not any(weights):
             return self._rng.choice(backends)
         return self._rng.choices(backends, weights)[0]

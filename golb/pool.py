@@ -36,6 +36,8 @@ class Backend:
     @ivar inFlight: requests being forwarded to it right now.
     @ivar upstream: its connection pool (a L{golb.upstream.UpstreamPool}).
     @ivar latency: peak-EWMA time to response head, in seconds (0 = none yet).
+    @ivar slowStart: its pool's C{slow_start}, in seconds.
+    @ivar readySince: when its slow-start ramp began (0 = not ramping).
     """
 
     pool: str = attr.ib()
@@ -55,6 +57,31 @@ class Backend:
     failures: int = attr.ib(default=0)
     upstream: Optional[object] = attr.ib(default=None)
     latency: float = attr.ib(default=0.0)
+    slowStart: float = attr.ib(default=0.0)
+    readySince: float = attr.ib(default=0.0)
+    clock: Callable[[], float] = attr.ib(default=time.monotonic)
+
+    def markReady(self) -> None:
+        """
+        The backend has just become usable again (recovered, set ready, or
+        added by a reload): with C{slow_start} its share ramps up from now.
+        """
+        self.readySince = self.clock()
+
+    @property
+    def effectiveWeight(self) -> int:
+        """
+        Its weight, scaled by how far it is into its C{slow_start} ramp (at
+        least 1 while its weight is not 0).
+        """
+        weight = self.weight
+        if not self.slowStart or not self.readySince or not weight:
+            return weight
+        elapsed = self.clock() - self.readySince
+        if elapsed >= self.slowStart:
+            self.readySince = 0.0
+            return weight
+        return max(1, int(weight * elapsed / self.slowStart))
 
     def recordLatency(self, seconds: float) -> None:
         """
@@ -318,6 +345,7 @@ class BackendRegistry:
         self._backends: Dict[Tuple[str, str], Backend] = {}
         self.upstreamFactory = upstreamFactory
         self.clock = clock
+        self._built = False
 
     def __iter__(self):
         return iter(list(self._backends.values()))
@@ -346,10 +374,16 @@ class BackendRegistry:
                     pathPrefix=backendConfig.path_prefix,
                 )
                 self._backends[key] = backend
+                backend.clock = self.clock
+                if self._built:
+                    # added by a reload: ramp it up like a recovered backend
+                    backend.slowStart = poolConfig.slow_start
+                    backend.markReady()
             backend.id = backendConfig.name
             backend.weight = backendConfig.weight
             backend.maxConnections = backendConfig.max_connections
             backend.backup = backendConfig.backup
+            backend.slowStart = poolConfig.slow_start
             if self.upstreamFactory is not None:
                 old = backend.upstream
                 backend.upstream = self.upstreamFactory(backend, poolConfig, old)
@@ -368,6 +402,13 @@ class BackendRegistry:
                 if poolConfig.sticky.cookie else {}
             ),
         )
+
+    def built(self) -> None:
+        """
+        The first runtime is built: backends added from now on come from
+        reloads, and slow-start.
+        """
+        self._built = True
 
     def retain(self, pools: Iterable[Pool]):
         """

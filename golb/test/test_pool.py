@@ -100,3 +100,36 @@ class RetryBudgetTests(SynchronousTestCase):
         budget = RetryBudget(0.2, clock=lambda: 0.0)
         budget.request()
         self.assertEqual(sum(budget.tryRetry() for _ in range(30)), RetryBudget.MIN_RETRIES)
+
+
+class SlowStartTests(SynchronousTestCase):
+    """
+    slow_start ramps a backend's effective weight.
+    """
+
+    def test_reloadAddedBackendRamps(self):
+        """
+        A backend added by a reload starts with a small share that grows
+        linearly to its full weight over slow_start; the others are unaffected.
+        """
+        now = [100.0]
+        registry = BackendRegistry(clock=lambda: now[0])
+        config = CONFIG.replace("panic_threshold: 50%", "slow_start: 10s").replace(
+            "      - {url: \"http://127.0.0.1:9\", name: spare, backup: true}\n", "")
+        config = config.replace("name: a}", "name: a, weight: 10}").replace(
+            "name: b}", "name: b, weight: 10}")
+        registry.buildPool(parseConfig(config).pool("web"))
+        registry.built()
+        added = config.replace(
+            "      - {url: \"http://127.0.0.1:4\", name: d}\n",
+            "      - {url: \"http://127.0.0.1:4\", name: d}\n"
+            "      - {url: \"http://127.0.0.1:5\", name: e, weight: 10}\n")
+        pool = registry.buildPool(parseConfig(added).pool("web"))
+        byId = {backend.id: backend for backend in pool.backends}
+        self.assertEqual(byId["a"].effectiveWeight, 10)
+        self.assertEqual(byId["e"].effectiveWeight, 1)
+        now[0] += 5
+        self.assertEqual(byId["e"].effectiveWeight, 5)
+        now[0] += 5
+        self.assertEqual(byId["e"].effectiveWeight, 10)
+        self.assertEqual(byId["e"].readySince, 0.0)
