@@ -19,7 +19,6 @@ Python 3.9+, stdlib only.
 import argparse
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -28,7 +27,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import find_twistd, pick_port, proc_status  # noqa: E402
+from run import Procs, find_twistd, pick_port, proc_status  # noqa: E402
 
 BACKEND = r'''
 import asyncio, sys
@@ -178,13 +177,7 @@ def main():
     finally:
         stop.set()
         for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            Procs.stop(None, p)
         log.close()
         if not os.environ.get("BENCH_KEEP_TMP"):
             shutil.rmtree(tmp, ignore_errors=True)
