@@ -6,17 +6,17 @@ backend state that survives reloads.  Every service receives it (or what it
 needs of it) by constructor.
 """
 
-from typing import Optional
+from typing import Callable, Dict, List, Optional
 
 from twisted.logger import Logger
 
-from golb.pool import Backend, BackendRegistry
+from golb.pool import Backend, BackendRegistry, Members
 from golb.runtime import Runtime
 
 __all__ = ["Golb", "makeUpstream"]
 
 
-def _upstreamSettings(poolConfig):
+def _upstreamSettings(backend, poolConfig):
     return (
         poolConfig.keepalive.max_idle_per_backend,
         poolConfig.keepalive.idle_timeout,
@@ -24,6 +24,7 @@ def _upstreamSettings(poolConfig):
         poolConfig.timeouts.response_header,
         poolConfig.timeouts.idle,
         poolConfig.tls,
+        backend.address,
     )
 
 
@@ -36,7 +37,7 @@ def makeUpstream(reactor):
     from golb.upstream import UpstreamPool
 
     def factory(backend: Backend, poolConfig, current):
-        settings = _upstreamSettings(poolConfig)
+        settings = _upstreamSettings(backend, poolConfig)
         if current is not None and getattr(current, "golbSettings", None) == settings:
             return current
         tls = None
@@ -46,7 +47,7 @@ def makeUpstream(reactor):
             tls = upstreamCreator(backend, poolConfig.tls)
         upstream = UpstreamPool(
             reactor,
-            backend.host,
+            backend.address or backend.host,
             backend.port,
             tls=tls,
             maxIdle=poolConfig.keepalive.max_idle_per_backend,
@@ -68,6 +69,8 @@ class Golb:
     @ivar config: the current L{golb.config.Config}.
     @ivar runtime: the current L{Runtime}; replaced whole on reload.
     @ivar backends: the L{BackendRegistry} of live backend state.
+    @ivar members: the members of discovered pools (L{Members}) by pool
+        name, as last reported by L{golb.discovery}.
     """
 
     log = Logger()
@@ -80,9 +83,28 @@ class Golb:
             upstreamFactory = makeUpstream(reactor)
         self.backends = BackendRegistry(upstreamFactory)
         self.config = config
+        self.members: Dict[str, Members] = {}
+        self._observers: List[Callable[[], None]] = []
         self.runtime: Optional[Runtime] = None
         self.runtime = Runtime.build(config, self.backends, self.reactor)
         self.backends.built()
+
+    def observe(self, observer: Callable[[], None]) -> Callable[[], None]:
+        """
+        Call C{observer} (with no arguments) whenever the set of pools or of
+        their backends changes: after a reload or a discovery update.
+
+        @return: a callable that stops the observation.
+        """
+        self._observers.append(observer)
+        return lambda: self._observers.remove(observer) if observer in self._observers else None
+
+    def _changed(self) -> None:
+        for observer in list(self._observers):
+            try:
+                observer()
+            except Exception:
+                self.log.failure("observer {observer!r} failed", observer=observer)
 
     @property
     def pools(self):
@@ -97,11 +119,34 @@ class Golb:
         one assignment.  If compiling fails nothing changes and the error
         propagates.
         """
-        runtime = Runtime.build(config, self.backends, self.reactor)
+        runtime = Runtime.build(config, self.backends, self.reactor, self.members)
         self.runtime = runtime
         self.config = config
+        self.members = {
+            name: found for name, found in self.members.items()
+            if name in runtime.pools and runtime.pools[name].config.discovery is not None
+        }
         self.backends.retain(runtime.pools.values())
+        self._changed()
         return runtime
+
+    def setMembers(self, poolName: str, members: Members) -> None:
+        """
+        Replace the members of the discovered pool C{poolName}, in place in
+        the current runtime: backends that stay keep their state, new ones
+        start (with slow start), gone ones are forgotten once their requests
+        finish.
+        """
+        pool = self.runtime.pools.get(poolName)
+        if pool is None or pool.config.discovery is None:
+            return
+        self.members[poolName] = members
+        backends = self.backends.buildBackends(pool.config, members)
+        pool.backends = backends
+        if pool.stickyValues or pool.config.sticky.cookie:
+            pool.stickyValues = {backend.stickyValue: backend for backend in backends}
+        self.backends.retain(self.runtime.pools.values())
+        self._changed()
 
     def close(self):
         """

@@ -16,10 +16,25 @@ import attr
 from twisted.logger import Logger
 
 from golb.balancing import IBalancer, balancerFor
+from golb.health import HealthState, OutlierDetector
 
-__all__ = ["ADMIN_STATES", "Backend", "BackendRegistry", "Pool", "RetryBudget"]
+__all__ = ["ADMIN_STATES", "Backend", "BackendRegistry", "Members", "Pool", "RetryBudget"]
 
 ADMIN_STATES = ("ready", "drain", "maint")
+
+
+@attr.s(frozen=True)
+class Members:
+    """
+    The members of a pool found by discovery.
+
+    @ivar backends: a L{golb.config.BackendConfig} per member.
+    @ivar addresses: the IP address to connect to, by backend URL, for
+        members named by a host name that golb resolved itself.
+    """
+
+    backends: Tuple[object, ...] = attr.ib(converter=tuple)
+    addresses: Dict[str, str] = attr.ib(factory=dict)
 
 
 @attr.s(eq=False, repr=False)
@@ -38,6 +53,9 @@ class Backend:
     @ivar latency: peak-EWMA time to response head, in seconds (0 = none yet).
     @ivar slowStart: its pool's C{slow_start}, in seconds.
     @ivar readySince: when its slow-start ramp began (0 = not ramping).
+    @ivar health: the details behind L{healthy} (L{golb.health.HealthState}).
+    @ivar address: the IP address to connect to when it is not L{host}
+        (members found by DNS SRV discovery); L{None} = connect to L{host}.
     """
 
     pool: str = attr.ib()
@@ -60,6 +78,8 @@ class Backend:
     slowStart: float = attr.ib(default=0.0)
     readySince: float = attr.ib(default=0.0)
     clock: Callable[[], float] = attr.ib(default=time.monotonic)
+    address: Optional[str] = attr.ib(default=None)
+    health: HealthState = attr.ib(factory=HealthState)
 
     def markReady(self) -> None:
         """
@@ -200,6 +220,10 @@ class Pool:
     @ivar panicking: whether the last pick was made in panic mode.
     @ivar stickyValues: backends by sticky-cookie value (empty: not sticky).
     @ivar waiting: requests queued for a free slot (the C{queue}), oldest first.
+    @ivar outliers: its passive health L{OutlierDetector}, or L{None}.
+    @ivar inFlight: requests being forwarded to its backends now.
+    @ivar overflows: how often each C{circuit_breaker} limit refused a
+        request, by limit name.
     """
 
     name: str = attr.ib()
@@ -212,6 +236,65 @@ class Pool:
     stickyValues: Dict[bytes, Backend] = attr.ib(factory=dict)
     waiting: Deque[Callable[[], None]] = attr.ib(factory=collections.deque)
     budget: "RetryBudget" = attr.ib(factory=lambda: RetryBudget(0.2))
+    outliers: Optional[OutlierDetector] = attr.ib(default=None)
+    inFlight: int = attr.ib(default=0)
+    overflows: Dict[str, int] = attr.ib(factory=lambda: collections.Counter())
+    limited: bool = attr.ib(default=False)
+
+    def refusal(self, backend: Backend, queued: bool = False) -> Optional[str]:
+        """
+        Whether the pool's C{circuit_breaker} refuses one more request to
+        C{backend} now, and why.
+
+          - C{max_requests}: requests in flight to the pool's backends;
+          - C{max_connections}: connections open to them (connecting, busy
+            or idle).  A request that can reuse an idle connection to its
+            backend needs none; otherwise an idle connection to another
+            backend is closed to make room, if there is one;
+          - C{max_pending}: requests waiting for a connection: queued for a
+            free backend slot, or waiting for a new connection to be made.
+
+        @param queued: the request is about to wait in the queue rather
+            than go to C{backend} now (which may be L{None}).
+        @return: L{None}, or a message naming the limit that was hit.
+        """
+        limits = self.config.circuit_breaker
+        if limits.max_requests and self.inFlight >= limits.max_requests:
+            return self._overflow("max_requests", limits.max_requests,
+                                  "requests in flight")
+        if limits.max_pending:
+            pending = len(self.waiting) + sum(
+                b.upstream.connectingCount for b in self.backends
+                if b.upstream is not None and hasattr(b.upstream, "connectingCount")
+            )
+            needsConnection = queued or (
+                backend is not None and backend.upstream is not None
+                and not getattr(backend.upstream, "idleCount", 1)
+            )
+            if needsConnection and pending >= limits.max_pending:
+                return self._overflow("max_pending", limits.max_pending, "pending requests")
+        if limits.max_connections and backend is not None and not queued:
+            upstream = backend.upstream
+            if upstream is not None and not getattr(upstream, "idleCount", 1):
+                total = 0
+                spare = None
+                for member in self.backends:
+                    other = member.upstream
+                    if other is None or not hasattr(other, "connectionCount"):
+                        continue
+                    total += other.connectionCount
+                    if spare is None and other.idleCount:
+                        spare = other
+                if total >= limits.max_connections:
+                    if spare is None:
+                        return self._overflow("max_connections", limits.max_connections,
+                                              "connections open")
+                    spare.closeOneIdle()
+        return None
+
+    def _overflow(self, limit: str, value: int, what: str) -> str:
+        self.overflows[limit] += 1
+        return f"pool {self.name}: circuit_breaker.{limit} ({value} {what}) reached"
 
     def candidates(self, exclude: Iterable[Backend] = ()) -> List[Backend]:
         """
@@ -353,14 +436,40 @@ class BackendRegistry:
     def get(self, pool: str, url: str) -> Optional[Backend]:
         return self._backends.get((pool, url))
 
-    def buildPool(self, poolConfig) -> Pool:
+    def buildPool(self, poolConfig, members=None) -> Pool:
         """
         The L{Pool} for a L{golb.config.PoolConfig}, reusing the existing
         L{Backend} of every (pool, url) already known and updating its
         configured attributes.
+
+        @param members: for a pool with C{discovery}, its current members as
+            a L{Members}; L{None} = the configured C{backends}.
         """
+        backends = self.buildBackends(poolConfig, members)
+        return Pool(
+            name=poolConfig.name,
+            config=poolConfig,
+            backends=backends,
+            balancer=balancerFor(poolConfig.algorithm, poolConfig.hash_on),
+            budget=RetryBudget(poolConfig.retries.budget, self.clock),
+            panicThreshold=poolConfig.panic_threshold,
+            stickyValues=(
+                {backend.stickyValue: backend for backend in backends}
+                if poolConfig.sticky.cookie else {}
+            ),
+            limited=any(attr.astuple(poolConfig.circuit_breaker)),
+        )
+
+    def buildBackends(self, poolConfig, members=None) -> List[Backend]:
+        """
+        The L{Backend}s of a pool: its configured C{backends}, or C{members}.
+        """
+        if members is None:
+            backendConfigs, addresses = poolConfig.backends, {}
+        else:
+            backendConfigs, addresses = members.backends, members.addresses
         backends = []
-        for backendConfig in poolConfig.backends:
+        for backendConfig in backendConfigs:
             key = (poolConfig.name, backendConfig.url)
             backend = self._backends.get(key)
             if backend is None:
@@ -384,24 +493,14 @@ class BackendRegistry:
             backend.maxConnections = backendConfig.max_connections
             backend.backup = backendConfig.backup
             backend.slowStart = poolConfig.slow_start
+            backend.address = addresses.get(backendConfig.url)
             if self.upstreamFactory is not None:
                 old = backend.upstream
                 backend.upstream = self.upstreamFactory(backend, poolConfig, old)
                 if old is not None and old is not backend.upstream:
                     _closeLater(old)
             backends.append(backend)
-        return Pool(
-            name=poolConfig.name,
-            config=poolConfig,
-            backends=backends,
-            balancer=balancerFor(poolConfig.algorithm, poolConfig.hash_on),
-            budget=RetryBudget(poolConfig.retries.budget, self.clock),
-            panicThreshold=poolConfig.panic_threshold,
-            stickyValues=(
-                {backend.stickyValue: backend for backend in backends}
-                if poolConfig.sticky.cookie else {}
-            ),
-        )
+        return backends
 
     def built(self) -> None:
         """
@@ -440,6 +539,9 @@ class BackendRegistry:
 
         ds = []
         for backend in self._backends.values():
+            timer, backend.health.ejectionTimer = backend.health.ejectionTimer, None
+            if timer is not None and timer.active():
+                timer.cancel()
             if backend.upstream is not None:
                 ds.append(backend.upstream.close())
         return DeferredList(ds, consumeErrors=True)

@@ -282,17 +282,23 @@ class Exchange:
     # Attempts
 
     def _attempt(self, lastError: Optional[GolbError]) -> None:
-        backend = self.pool.pick(self.request, self.tried)
+        pool = self.pool
+        backend = pool.pick(self.request, self.tried)
         if backend is None:
-            if lastError is None and self.pool.saturated(self.tried):
+            if lastError is None and pool.saturated(self.tried):
+                if pool.limited and self._refused(None, True):
+                    return
                 self._queue()
                 return
             self._fail(lastError or GolbError("no-backend"))
+            return
+        if pool.limited and self._refused(backend, False):
             return
         self.tried.append(backend)
         self.backend = backend
         backend.inFlight += 1
         backend.requests += 1
+        pool.inFlight += 1
         host = None
         if self.config.preserve_host:
             values = self.request.requestHeaders.getRawHeaders(b"host")
@@ -322,10 +328,25 @@ class Exchange:
         d.addCallbacks(self._gotResponse, self._attemptFailed)
         d.addErrback(self._bug)
 
+    def _refused(self, backend, queued: bool) -> bool:
+        """
+        Fail the request with C{circuit-open} if the pool's circuit breaker
+        refuses it.
+        """
+        refusal = self.pool.refusal(backend, queued)
+        if refusal is None:
+            return False
+        limit = refusal.split("circuit_breaker.", 1)[1].split(" ", 1)[0]
+        self._fail(GolbError(
+            "circuit-open", f"The backend pool is overloaded (circuit open: {limit})."
+        ))
+        return True
+
     def _release(self) -> None:
         backend, self.backend = self.backend, None
         if backend is not None:
             backend.inFlight -= 1
+            self.pool.inFlight -= 1
             if self.pool.waiting:
                 self.pool.slotFreed()
 
@@ -374,13 +395,15 @@ class Exchange:
         if reason.check(CancelledError) or self.clientGone:
             self._finishExchange()
             return
-        if backend is not None:
-            backend.failures += 1
         if reason.check(GolbError):
             error = reason.value
         else:
             log.failure("Forwarding to {backend} failed", reason, backend=backend)
             error = GolbError("bad-gateway")
+        if backend is not None:
+            backend.failures += 1
+            if self.pool.outliers is not None:
+                self.pool.outliers.failure(backend, self.pool, error.message)
         log.info(
             "{pool}/{backend}: {method} {target}: {error}",
             pool=self.pool.name,
@@ -405,14 +428,19 @@ class Exchange:
             self._finishExchange()
             return
         code = response.code
+        outliers = self.pool.outliers
         if code >= 500:
             self.backend.failures += 1
+            if outliers is not None:
+                outliers.failure(self.backend, self.pool, f"HTTP {code}")
             status = str(code)
             if status in self.retryOn and self._mayRetry(status):
                 response.stopProducing()
                 self._release()
                 self._retry(GolbError("bad-gateway", f"backend answered {code}"))
                 return
+        elif outliers is not None:
+            outliers.success(self.backend)
         if code == 101:
             if self.upgrade is None:
                 response.stopProducing()
@@ -509,9 +537,12 @@ class Exchange:
             idleTimeout=self.config.timeouts.idle,
         )
 
+        pool = self.pool
+
         def closed(_):
             if backend is not None:
                 backend.inFlight -= 1
+                pool.inFlight -= 1
 
         tunnel.whenClosed().addCallback(closed)
         self._finishExchange()
@@ -587,6 +618,8 @@ def mirror(request, pool, headers: ProxyHeaders) -> None:
     backend = pool.pick(request)
     if backend is None or backend.upstream is None:
         return
+    if pool.limited and pool.refusal(backend) is not None:
+        return
     host = request.requestHeaders.getRawHeaders(b"host", [backend.hostHeader])[0]
     target = _originForm(request.uri)
     if backend.pathPrefix:
@@ -600,12 +633,14 @@ def mirror(request, pool, headers: ProxyHeaders) -> None:
     )
     backend.inFlight += 1
     backend.requests += 1
+    pool.inFlight += 1
 
     def answered(response):
         response.deliverBody(_Discard())
 
     def done(result):
         backend.inFlight -= 1
+        pool.inFlight -= 1
         return result
 
     def failed(reason):

@@ -9,6 +9,7 @@ from typing import Dict
 
 from twisted.logger import Logger
 
+from golb.health import OutlierDetector
 from golb.pool import BackendRegistry, Pool
 from golb.proxy import Exchange, ProxyHeaders, mirror
 from golb.routing import Route, Router, checksFor
@@ -49,13 +50,25 @@ class Runtime:
         self.headers = headers
 
     @classmethod
-    def build(cls, config, registry: BackendRegistry, reactor=None) -> "Runtime":
+    def build(cls, config, registry: BackendRegistry, reactor=None,
+              members=None) -> "Runtime":
         """
         Compile C{config}, reusing the live backends in C{registry}.
+
+        @param members: the current L{golb.pool.Members} of discovered pools,
+            by pool name.
         """
+        members = members or {}
         pools = {}
         for poolConfig in config.backend_pools:
-            pools[poolConfig.name] = registry.buildPool(poolConfig)
+            found = members.get(poolConfig.name) if poolConfig.discovery is not None else None
+            pool = registry.buildPool(poolConfig, found)
+            if poolConfig.passive_health is not None:
+                pool.outliers = OutlierDetector(
+                    poolConfig.passive_health, reactor,
+                    probed=poolConfig.health_check is not None,
+                )
+            pools[poolConfig.name] = pool
         routes = []
         for order, rule in enumerate(config.sortedRules()):
             split = ()

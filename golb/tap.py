@@ -151,6 +151,8 @@ def makeService(options, reactor=None) -> GolbService:
         from twisted.internet import reactor
     from golb.app import Golb
     from golb.demo import DemoService
+    from golb.health import HealthService
+
     config = options["loaded"]
     golb = Golb(config, reactor=reactor)
     root = GolbService(golb)
@@ -165,4 +167,5 @@ def makeService(options, reactor=None) -> GolbService:
         demo = DemoService(config.demo.backends, config.demo.base_port, reactor=reactor)
         demo.setName("demo")
         demo.setServiceParent(root)
+    HealthService(golb, reactor).setServiceParent(root)
     return root

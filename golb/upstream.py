@@ -767,6 +767,31 @@ class UpstreamPool:
         """
         return len(self._active) + len(self._connecting)
 
+    @property
+    def connectingCount(self) -> int:
+        """
+        How many connections are being made.
+        """
+        return len(self._connecting)
+
+    @property
+    def connectionCount(self) -> int:
+        """
+        How many connections are open or being made (idle ones included).
+        """
+        return len(self._active) + len(self._connecting) + len(self._idle)
+
+    def closeOneIdle(self) -> bool:
+        """
+        Close the idle connection unused for longest, if there is one.
+
+        @return: whether one was closed.
+        """
+        if not self._idle:
+            return False
+        self._idle.pop(0)._closeQuietly()
+        return True
+
     def request(self, req: UpstreamRequest) -> Deferred:
         """
         Send C{req} and wait for the final response head.

@@ -23,6 +23,7 @@ __all__ = [
     "listenBackend",
     "listenGolb",
     "rawRequest",
+    "waitUntil",
 ]
 
 
@@ -263,3 +264,19 @@ def header(headers, name: bytes):
     The values of C{name} (lowercase) in parsed C{headers}.
     """
     return [value for key, value in headers if key == name]
+
+
+@defer.inlineCallbacks
+def waitUntil(predicate, timeout: float = 10.0, interval: float = 0.005):
+    """
+    Poll C{predicate()} on the reactor until it holds; fail with
+    L{AssertionError} after C{timeout} seconds so a broken feature cannot
+    hang the test run.
+    """
+    from twisted.internet.task import deferLater
+
+    deadline = reactor.seconds() + timeout
+    while not predicate():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {predicate!r}")
+        yield deferLater(reactor, interval, lambda: None)

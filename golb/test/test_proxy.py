@@ -23,6 +23,7 @@ from golb.test.support import (
     parseResponses,
     rawConnect,
     rawRequest,
+    waitUntil,
 )
 
 
@@ -772,3 +773,117 @@ backend_pools:
         self.assertEqual(fifth.headers.getRawHeaders(b"x-golb-error"), [b"queue-timeout"])
         held[2].finish()
         yield (yield fourth).content()
+
+
+class CircuitBreakerTests(ProxyTestCase):
+    """
+    A pool's C{circuit_breaker} answers 503 C{circuit-open} beyond its
+    limits, and lets requests through again once below them.
+    """
+
+    def holdingBackends(self, count=1):
+        held = []
+
+        def hold(request):
+            held.append(request)
+            return NOT_DONE_YET
+
+        ports = []
+        for _ in range(count):
+            port, _ = listenBackend(self, FunctionResource(hold))
+            ports.append(port.getHost().port)
+        return held, ports
+
+    def start(self, ports, breaker, extra="", backendExtra=""):
+        backends = ", ".join(f'{{url: "http://127.0.0.1:{p}"{backendExtra}}}' for p in ports)
+        golb, listening, site = listenGolb(self, f"""\
+listeners: [{{name: web, address: "127.0.0.1:0"}}]
+backend_pools:
+  - name: default
+    backends: [{backends}]
+    circuit_breaker: {breaker}
+{extra}""")
+        self.base = f"http://127.0.0.1:{listening.getHost().port}"
+        return golb.pools["default"]
+
+    @defer.inlineCallbacks
+    def assertOpen(self, path, limit):
+        response, body = yield self.get(path)
+        self.assertEqual(response.code, 503)
+        self.assertEqual(response.headers.getRawHeaders(b"x-golb-error"), [b"circuit-open"])
+        self.assertIn(f"circuit open: {limit}".encode(), body)
+
+    @defer.inlineCallbacks
+    def test_maxRequests(self):
+        """
+        With max_requests 2, a third concurrent request is refused at once;
+        when one finishes, the next goes through.
+        """
+        held, ports = self.holdingBackends(2)
+        pool = self.start(ports, "{max_requests: 2}")
+        first = self.get("/1")
+        second = self.get("/2")
+        yield waitUntil(lambda: len(held) == 2)
+        yield self.assertOpen("/3", "max_requests")
+        self.assertEqual(pool.overflows["max_requests"], 1)
+        held[0].finish()
+        yield first
+        fourth = self.get("/4")
+        yield waitUntil(lambda: len(held) == 3)
+        for request in held[1:]:
+            request.finish()
+        yield second
+        response, _ = yield fourth
+        self.assertEqual(response.code, 200)
+        self.assertEqual(pool.inFlight, 0)
+
+    @defer.inlineCallbacks
+    def test_maxConnections(self):
+        """
+        With max_connections 1 over two backends: while one connection is
+        busy, a request for the other backend is refused; once it is idle, it
+        is closed to make room for a connection to the other backend.
+        """
+        held, ports = self.holdingBackends(2)
+        pool = self.start(ports, "{max_connections: 1}")
+        first = self.get("/1")
+        yield waitUntil(lambda: len(held) == 1)
+        yield self.assertOpen("/2", "max_connections")
+        held[0].finish()
+        yield first
+        b1, b2 = pool.backends
+        self.assertEqual(b1.upstream.idleCount, 1)
+        # round robin: /2 was b2's turn, so /3 reuses b1's idle connection
+        # and /4 needs a connection to b2, for which b1's is closed.
+        for path, index in [("/3", 1), ("/4", 2)]:
+            pending = self.get(path)
+            yield waitUntil(lambda index=index: len(held) == index + 1)
+            held[index].finish()
+            response, _ = yield pending
+            self.assertEqual(response.code, 200)
+        self.assertEqual(held[2].getHost().port, ports[1])
+        self.assertEqual(b1.upstream.connectionCount, 0)
+        self.assertEqual(b1.upstream.totalConnectionsMade, 1)
+        self.assertEqual(pool.overflows["max_connections"], 1)
+
+    @defer.inlineCallbacks
+    def test_maxPending(self):
+        """
+        max_pending bounds the requests waiting in the queue: beyond it they
+        are refused with circuit-open even though the queue has room.
+        """
+        held, ports = self.holdingBackends(1)
+        pool = self.start(ports, "{max_pending: 1}", "    queue: {max: 10, timeout: 5s}\n",
+                          backendExtra=", max_connections: 1")
+        first = self.get("/1")
+        yield waitUntil(lambda: len(held) == 1)
+        second = self.get("/2")
+        yield waitUntil(lambda: len(pool.waiting) == 1)
+        yield self.assertOpen("/3", "max_pending")
+        held[0].finish()
+        yield first
+        yield waitUntil(lambda: len(held) == 2)
+        held[1].finish()
+        response, _ = yield second
+        self.assertEqual(response.code, 200)
+        self.assertEqual(pool.overflows["max_pending"], 1)
