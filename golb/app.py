@@ -10,6 +10,7 @@ from typing import Callable, Dict, List, Optional
 
 from twisted.logger import Logger
 
+from golb.policies import States
 from golb.pool import Backend, BackendRegistry, Members
 from golb.runtime import Runtime
 
@@ -69,6 +70,8 @@ class Golb:
     @ivar config: the current L{golb.config.Config}.
     @ivar runtime: the current L{Runtime}; replaced whole on reload.
     @ivar backends: the L{BackendRegistry} of live backend state.
+    @ivar policyStates: policy state kept across reloads (rate-limit
+        buckets, store connections).
     @ivar members: the members of discovered pools (L{Members}) by pool
         name, as last reported by L{golb.discovery}.
     """
@@ -86,7 +89,10 @@ class Golb:
         self.members: Dict[str, Members] = {}
         self._observers: List[Callable[[], None]] = []
         self.runtime: Optional[Runtime] = None
-        self.runtime = Runtime.build(config, self.backends, self.reactor)
+        self.policyStates = States()
+        self.runtime = Runtime.build(config, self.backends, self.reactor,
+                                     states=self.policyStates)
+        self.policyStates.commit()
         self.backends.built()
 
     def observe(self, observer: Callable[[], None]) -> Callable[[], None]:
@@ -119,8 +125,10 @@ class Golb:
         one assignment.  If compiling fails nothing changes and the error
         propagates.
         """
-        runtime = Runtime.build(config, self.backends, self.reactor, self.members)
+        runtime = Runtime.build(config, self.backends, self.reactor, self.members,
+                                self.policyStates)
         self.runtime = runtime
+        self.policyStates.commit()
         self.config = config
         self.members = {
             name: found for name, found in self.members.items()
@@ -154,4 +162,7 @@ class Golb:
 
         @return: a L{Deferred} that fires when they are gone.
         """
-        return self.backends.close()
+        from twisted.internet.defer import DeferredList
+
+        return DeferredList([self.backends.close(), self.policyStates.close()],
+                            consumeErrors=True)

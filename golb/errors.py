@@ -7,7 +7,7 @@ plain text, or JSON when the client's C{Accept} prefers C{application/json}.
 """
 
 import json
-from typing import Optional
+from typing import Optional, Sequence, Tuple
 
 from twisted.web.http import RESPONSES
 
@@ -41,6 +41,7 @@ ERRORS = {
     "circuit-open": (503, "The backend pool is overloaded (circuit open)."),
     "queue-timeout": (503, "Every backend stayed busy for too long."),
     "queue-full": (503, "Every backend is busy and the waiting room is full."),
+    "internal-error": (500, "golb failed to handle the request; see its log."),
     "shutting-down": (503, "The load balancer is shutting down."),
     "upstream-timeout": (504, "The backend did not answer in time."),
 }
@@ -53,11 +54,15 @@ class GolbError(Exception):
     @ivar code: the short code sent in C{X-Golb-Error}, a key of L{ERRORS}.
     @ivar status: the HTTP status.
     @ivar message: a one-line explanation for people.
+    @ivar headers: extra response headers, C{[(name, value)]} as bytes
+        (C{WWW-Authenticate}, C{Retry-After}).
     """
 
-    def __init__(self, code: str, message: Optional[str] = None, status: Optional[int] = None):
+    def __init__(self, code: str, message: Optional[str] = None, status: Optional[int] = None,
+                 headers: Sequence[Tuple[bytes, bytes]] = ()):
         defaultStatus, defaultMessage = ERRORS.get(code, (502, code))
         self.code = code
+        self.headers = headers
         self.status = status if status is not None else defaultStatus
         self.message = message if message is not None else defaultMessage
         Exception.__init__(self, code, self.message)
@@ -124,6 +129,8 @@ def renderError(request, error: GolbError) -> None:
     headers.setRawHeaders(b"x-golb-error", [error.code.encode("ascii")])
     headers.setRawHeaders(b"content-length", [str(len(body)).encode("ascii")])
     headers.setRawHeaders(b"cache-control", [b"no-store"])
+    for name, value in error.headers:
+        headers.addRawHeader(name, value)
     if request.method == b"HEAD":
         request.finish()
         return

@@ -204,7 +204,11 @@ def _requestBody(request) -> Tuple[Optional[object], int]:
     return content, length
 
 
-def _originForm(uri: bytes) -> bytes:
+def originForm(uri: bytes) -> bytes:
+    """
+    The origin-form target (path and query) of a request URI, also when the
+    client sent the absolute form.
+    """
     if uri.startswith(b"/"):
         return uri
     lower = uri[:8].lower()
@@ -239,7 +243,7 @@ class Exchange:
     """
 
     def __init__(self, request, pool, headers: ProxyHeaders, listenerName: str = "default",
-                 reactor=None):
+                 reactor=None, context=None, chain=None):
         if reactor is None:
             from twisted.internet import reactor
         self.request = request
@@ -264,7 +268,10 @@ class Exchange:
         self.upgrade = upgrade
         self.headers = headers.build(request, upgrade)
         self.body, self.bodyLength = _requestBody(request)
-        self.target = _originForm(request.uri)
+        self.context = context
+        self.chain = chain
+        self.filters = None
+        self.target = context.target if context is not None else originForm(request.uri)
         self.idempotent = request.method in IDEMPOTENT_METHODS
         retries = self.config.retries
         self.attemptsLeft = retries.attempts
@@ -455,6 +462,8 @@ class Exchange:
         responseHeaders(response, request)
         if self.pool.stickyValues:
             self._setSticky()
+        if self.chain is not None:
+            self.filters = self.chain.runResponse(request, self.context, response) or None
         if request.method == b"HEAD" or code in (204, 304) or response.length == 0:
             request.write(b"")
             self.bodyDone(None)
@@ -479,7 +488,25 @@ class Exchange:
     # Response body, as the upstream's receiver
 
     def dataReceived(self, data: bytes) -> None:
-        if not self.clientGone:
+        if self.clientGone:
+            return
+        if self.filters is not None:
+            for bodyFilter in self.filters:
+                data = bodyFilter.write(data)
+                if not data:
+                    return
+        self.request.write(data)
+
+    def _flushFilters(self) -> None:
+        filters, self.filters = self.filters, None
+        if filters is None:
+            return
+        data = b""
+        for bodyFilter in filters:
+            if data:
+                data = bodyFilter.write(data)
+            data += bodyFilter.finish()
+        if data:
             self.request.write(data)
 
     def bodyDone(self, reason: Optional[Failure]) -> None:
@@ -495,6 +522,8 @@ class Exchange:
             if response is not None:
                 request.unregisterProducer()
             if reason is None:
+                if self.filters is not None:
+                    self._flushFilters()
                 request.finish()
             else:
                 log.warn(
@@ -550,6 +579,8 @@ class Exchange:
     # Endings
 
     def _fail(self, error: GolbError) -> None:
+        if self.chain is not None and not self.clientGone:
+            self.chain.runResponse(self.request, self.context, None)
         renderError(self.request, error)
         self._finishExchange()
 
@@ -602,7 +633,7 @@ class _Discard:
         pass
 
 
-def mirror(request, pool, headers: ProxyHeaders) -> None:
+def mirror(request, pool, headers: ProxyHeaders, target: Optional[bytes] = None) -> None:
     """
     Send a copy of C{request} to a backend of C{pool} and drop the answer.
     The copy never delays or fails the real request: errors are logged at
@@ -621,7 +652,8 @@ def mirror(request, pool, headers: ProxyHeaders) -> None:
     if pool.limited and pool.refusal(backend) is not None:
         return
     host = request.requestHeaders.getRawHeaders(b"host", [backend.hostHeader])[0]
-    target = _originForm(request.uri)
+    if target is None:
+        target = originForm(request.uri)
     if backend.pathPrefix:
         target = backend.pathPrefix.rstrip("/").encode("utf-8") + target
     upstreamRequest = UpstreamRequest(

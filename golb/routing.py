@@ -65,6 +65,8 @@ class Route:
     @ivar pool: the target L{golb.pool.Pool} (L{None} with a split).
     @ivar split: C{[(cumulativeWeight, Pool)]} for weighted splits.
     @ivar mirror: C{(Pool, fraction)} or L{None}.
+    @ivar chain: its L{golb.policies.Chain} (global policies, then its
+        own), or L{None} when it has no policies.
     """
 
     name: str = attr.ib()
@@ -75,6 +77,7 @@ class Route:
     mirror: Optional[Tuple[object, float]] = attr.ib(default=None)
     policies: Sequence[object] = attr.ib(default=())
     host: Optional[str] = attr.ib(default=None)
+    chain: Optional[object] = attr.ib(default=None)
     _checks: List[object] = attr.ib(factory=list)
 
     def matches(self, request, path: bytes) -> bool:
