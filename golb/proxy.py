@@ -462,9 +462,14 @@ class Exchange:
         responseHeaders(response, request)
         if self.pool.stickyValues:
             self._setSticky()
+        bodiless = request.method == b"HEAD" or code in (204, 304) or response.length == 0
         if self.chain is not None:
-            self.filters = self.chain.runResponse(request, self.context, response) or None
-        if request.method == b"HEAD" or code in (204, 304) or response.length == 0:
+            filters = self.chain.runResponse(request, self.context, response)
+            if filters and not bodiless:
+                self.filters = filters
+                # a filter may change the body's length
+                request.responseHeaders.removeHeader(b"content-length")
+        if bodiless:
             request.write(b"")
             self.bodyDone(None)
             return

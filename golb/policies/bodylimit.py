@@ -20,9 +20,11 @@ class MaxBody(Policy):
     def __init__(self, config, env):
         Policy.__init__(self, config, env)
         self.limit = config.size
+        limit = formatSize(config.size)
+        if limit.isdigit():
+            limit += " bytes"
         self.error = GolbError(
-            "body-too-large",
-            f"The request body is larger than this route's limit of {formatSize(config.size)}.",
+            "body-too-large", f"The request body is larger than this route's limit of {limit}."
         )
 
     def onRequest(self, request, context):
