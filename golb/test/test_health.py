@@ -155,6 +155,32 @@ unhealthy_threshold: 3
         self.assertEqual(backend.health.reason, "2 probes passed in a row (HTTP 200)")
         self.assertNotEqual(backend.readySince, 0.0)
 
+    def test_transitionsLoggedOnce(self):
+        """
+        Going down and coming back are each logged once, with the reason,
+        however many probes fail or pass around them.
+        """
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events = []
+
+        def observe(event):
+            if event.get("log_namespace") == "golb.health":
+                events.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        [backend] = self.start()
+        probe = self.probes[0]
+        for ok in [False] * 6 + [True] * 5:
+            probe.answer(ok, "HTTP 200" if ok else "HTTP 502, expected 200-399")
+            self.clock.advance(10)
+        self.assertEqual(events, [
+            "web/127.0.0.1:1 is unhealthy: 3 probes failed in a row"
+            " (last: HTTP 502, expected 200-399)",
+            "web/127.0.0.1:1 is healthy again: 2 probes passed in a row (HTTP 200)",
+        ])
+
     def test_timeout(self):
         """
         A probe that never answers is cancelled after C{timeout} and counts
