@@ -14,7 +14,7 @@ setup(
     packages=find_packages(exclude=["*.test", "*.test.*"]) + ["twisted.plugins", "golb.test"],
     package_data={"golb": ["py.typed"]},
     install_requires=[
-        "Twisted[tls,conch]>=22.10.0",
+        "Twisted[tls,conch]>=25.5.0",
         "pyOpenSSL>=22.0.0",
         "service-identity>=21.1.0",
         "attrs>=22.1.0",

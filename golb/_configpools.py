@@ -4,6 +4,7 @@ how golb checks, limits, retries and connects to them.
 """
 
 import functools
+import ipaddress
 import re
 from typing import Any, Dict, Optional, Set, Tuple
 from urllib.parse import urlsplit
@@ -380,8 +381,19 @@ def _checkPool(node: Node, values: Dict[str, Any], failed: Set[str]) -> Dict[str
     return values
 
 
+def _parseNameserver(value) -> _units.Address:
+    address = _units.parseAddress(value, defaultPort=53)
+    try:
+        ipaddress.ip_address(address.host)
+    except ValueError:
+        raise _units.UnitError(
+            f"{value!r}: a nameserver must be an IP address (like 10.96.0.10:53), not a name"
+        ) from None
+    return address
+
+
 def _nameserver(node: Node) -> _units.Address:
-    return units(lambda value: _units.parseAddress(value, defaultPort=53))(node)
+    return units(_parseNameserver)(node)
 
 
 pool = Section(PoolConfig, {

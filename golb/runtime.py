@@ -11,10 +11,9 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from golb.errors import GolbError
-
 from golb.health import OutlierDetector
-from golb.pool import BackendRegistry, Pool
 from golb.policies import Chain, Context, Environment, States, buildPolicy
+from golb.pool import BackendRegistry, Pool
 from golb.proxy import Exchange, ProxyHeaders, mirror, originForm
 from golb.routing import Route, Router, checksFor
 
@@ -48,6 +47,7 @@ class Runtime:
     def __init__(self, config, pools: Dict[str, Pool], router: Router, headers: ProxyHeaders,
                  reactor=None):
         self.reactor = reactor
+        self.observatory = None
         self.config = config
         self.pools = pools
         self.router = router
@@ -179,5 +179,5 @@ class Runtime:
                 mirror(request, shadow, self.headers,
                        context.target if context is not None else None)
         Exchange(request, pool, self.headers, listenerName, self.reactor,
-                 context=context, chain=route.chain).start()
+                 context=context, chain=route.chain, observatory=self.observatory).start()
 

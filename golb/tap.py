@@ -137,6 +137,7 @@ def listenerSite(golb, listener, reactor, **overrides):
         idleTimeout=listener.timeouts.idle,
         trustedProxies=golb.config.trusted_proxies,
         listenerName=listener.name,
+        observatory=golb.observatory,
     )
     args.update(overrides)
     return GolbSite(RoutingResource(golb, listener.name), **args)
@@ -151,6 +152,7 @@ def makeService(options, reactor=None) -> GolbService:
         from twisted.internet import reactor
     from golb.app import Golb
     from golb.demo import DemoService
+    from golb.discovery import DiscoveryService
     from golb.health import HealthService
 
     config = options["loaded"]
@@ -168,4 +170,5 @@ def makeService(options, reactor=None) -> GolbService:
         demo.setName("demo")
         demo.setServiceParent(root)
     HealthService(golb, reactor).setServiceParent(root)
+    DiscoveryService(golb, reactor).setServiceParent(root)
     return root

@@ -376,6 +376,21 @@ class ProblemTests(SynchronousTestCase):
             "golb.yaml:11: routing_rules[0]: set one of 'target_pool' or 'split'",
         ])
 
+    def test_nameserverMustBeAnAddress(self):
+        """
+        Discovery nameservers are IP addresses (the resolver cannot look up
+        its own nameservers); a host name is refused when loading.
+        """
+        self.assertEqual(problems(self, """\
+            server: {address: ":8080"}
+            backend_pools:
+              - name: web
+                discovery: {dns_srv: _http._tcp.web.test, nameservers: ["dns.local:53", "10.0.0.1"]}
+        """), [
+            "golb.yaml:4: backend_pools[0].discovery.nameservers[0]: 'dns.local:53': a nameserver"
+            " must be an IP address (like 10.96.0.10:53), not a name",
+        ])
+
     def test_adminOffLoopback(self):
         """
         An admin site off loopback needs authentication.

@@ -129,12 +129,12 @@ class MakeServiceTests(SynchronousTestCase):
 
     def test_namedChildren(self):
         """
-        The tree has one C{listener:<name>} per listener, C{demo} and
-        C{health}, whose probes follow the same L{golb.app.Golb}.
+        The tree has one C{listener:<name>} per listener, C{demo},
+        C{health} and C{discovery}, which follow the same L{golb.app.Golb}.
         """
         service, reactor = self.build()
         names = sorted(child.name for child in service)
-        self.assertEqual(names, ["demo", "health", "listener:alt", "listener:web"])
+        self.assertEqual(names, ["demo", "discovery", "health", "listener:alt", "listener:web"])
         self.assertIs(service.getServiceNamed("health").golb, service.golb)
         self.assertIs(service.getServiceNamed("listener:web").factory.resource.golb,
                       service.golb)
