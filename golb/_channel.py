@@ -204,6 +204,9 @@ class GolbChannel(HTTPChannel):
             "{peer} rejected: {status} {code}",
             peer=self.transport.getPeer(), status=error.status, code=error.code,
         )
+        observatory = getattr(self.site, "observatory", None)
+        if observatory is not None and observatory.active:
+            observatory.requestRejected(self.site.listenerName, error.status, error.code)
         self.transport.write(
             rawErrorResponse(error.status, error.code, error.message, asJSON)
         )

@@ -10,6 +10,7 @@ from typing import Callable, Dict, List, Optional
 
 from twisted.logger import Logger
 
+from golb.observe import Observatory
 from golb.policies import States
 from golb.pool import Backend, BackendRegistry, Members
 from golb.runtime import Runtime
@@ -70,6 +71,8 @@ class Golb:
     @ivar config: the current L{golb.config.Config}.
     @ivar runtime: the current L{Runtime}; replaced whole on reload.
     @ivar backends: the L{BackendRegistry} of live backend state.
+    @ivar observatory: the L{Observatory} that metrics, tracing and the
+        access log plug into.
     @ivar policyStates: policy state kept across reloads (rate-limit
         buckets, store connections).
     @ivar members: the members of discovered pools (L{Members}) by pool
@@ -89,9 +92,11 @@ class Golb:
         self.members: Dict[str, Members] = {}
         self._observers: List[Callable[[], None]] = []
         self.runtime: Optional[Runtime] = None
+        self.observatory = Observatory(reactor)
         self.policyStates = States()
         self.runtime = Runtime.build(config, self.backends, self.reactor,
                                      states=self.policyStates)
+        self.runtime.observatory = self.observatory
         self.policyStates.commit()
         self.backends.built()
 
@@ -127,6 +132,7 @@ class Golb:
         """
         runtime = Runtime.build(config, self.backends, self.reactor, self.members,
                                 self.policyStates)
+        runtime.observatory = self.observatory
         self.runtime = runtime
         self.policyStates.commit()
         self.config = config

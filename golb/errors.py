@@ -121,6 +121,9 @@ def renderError(request, error: GolbError) -> None:
     """
     if request.startedWriting or getattr(request, "_disconnected", False):
         return
+    record = getattr(request, "record", None)
+    if record is not None:
+        record.error = error.code
     asJSON = wantsJSON(request.requestHeaders.getRawHeaders(b"accept", [None])[0])
     contentType, body = errorBody(error.status, error.code, error.message, asJSON)
     request.setResponseCode(error.status)

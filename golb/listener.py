@@ -96,12 +96,17 @@ class GolbRequest(Request):
     defaultContentType = None
     maxBodyBytes: Optional[int] = None
     bodyLength = 0
+    record = None
+    receivedAt = 0.0
     _clientAddress: Optional[str] = None
     _scheme = "http"
 
     def __init__(self, channel, *args, **kwargs):
         Request.__init__(self, channel, *args, **kwargs)
         site = channel.site
+        self.observatory = site.observatory
+        if self.observatory is not None and self.observatory.active:
+            self.receivedAt = site.clock.seconds()
         self.maxBodyBytes = site.maxBodyBytes
         self.listenerName = site.listenerName
         self._trustedProxies = site.trustedProxies
@@ -185,6 +190,14 @@ class GolbRequest(Request):
         self.responseHeaders.removeHeader(b"server")
         Request.render(self, resrc)
 
+    def connectionLost(self, reason):
+        """
+        The client went away: an unfinished request's record ends here.
+        """
+        Request.connectionLost(self, reason)
+        if self.record is not None and not self.finished:
+            self.observatory.requestFinished(self, aborted=True)
+
     def processingFailed(self, reason):
         """
         Twisted's 500 for an unhandled error, without its C{Server} header.
@@ -219,6 +232,7 @@ class GolbSite(Site):
         idleTimeout: Optional[float] = 60.0,
         trustedProxies: Sequence[Union[str, _Network]] = (),
         listenerName: str = "default",
+        observatory=None,
     ):
         """
         @param resource: the root resource.
@@ -233,6 +247,8 @@ class GolbSite(Site):
         @param trustedProxies: networks (L{ipaddress} networks or text) whose
             C{X-Forwarded-For} / C{Forwarded} headers are believed.
         @param listenerName: the listener's name, for logs and metrics.
+        @param observatory: the L{golb.observe.Observatory} told about
+            requests, or L{None}.
         """
         Site.__init__(
             self,
@@ -251,6 +267,10 @@ class GolbSite(Site):
             for network in trustedProxies
         )
         self.listenerName = listenerName
+        self.observatory = observatory
+        if reactor is None:
+            from twisted.internet import reactor
+        self.clock = reactor
         self.openConnections = set()
 
     def startFactory(self):
@@ -266,5 +286,8 @@ class GolbSite(Site):
 
     def log(self, request):
         """
-        No Twisted access log line; golb's access log is written elsewhere.
+        No Twisted access log line: the request's record goes to the
+        observatory (metrics, traces, golb's access log) instead.
         """
+        if request.record is not None:
+            self.observatory.requestFinished(request)

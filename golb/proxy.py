@@ -243,7 +243,7 @@ class Exchange:
     """
 
     def __init__(self, request, pool, headers: ProxyHeaders, listenerName: str = "default",
-                 reactor=None, context=None, chain=None):
+                 reactor=None, context=None, chain=None, observatory=None):
         if reactor is None:
             from twisted.internet import reactor
         self.request = request
@@ -271,6 +271,9 @@ class Exchange:
         self.context = context
         self.chain = chain
         self.filters = None
+        self.record = request.record
+        self.observatory = observatory
+        self.attemptRecord = None
         self.target = context.target if context is not None else originForm(request.uri)
         self.idempotent = request.method in IDEMPOTENT_METHODS
         retries = self.config.retries
@@ -318,6 +321,10 @@ class Exchange:
             target = backend.pathPrefix.rstrip("/").encode("utf-8") + target
         headers = [(b"Host", host)]
         headers.extend(self.headers)
+        if self.record is not None:
+            self.attemptRecord = self.observatory.attemptStarted(
+                self.record, pool.name, backend, headers
+            )
         body = self.body
         if body is not None:
             body.seek(0, 0)
@@ -399,7 +406,10 @@ class Exchange:
         self.pending = None
         backend = self.backend
         self._release()
+        attempt, self.attemptRecord = self.attemptRecord, None
         if reason.check(CancelledError) or self.clientGone:
+            if attempt is not None:
+                self.observatory.attemptFinished(self.record, attempt, error="cancelled")
             self._finishExchange()
             return
         if reason.check(GolbError):
@@ -407,6 +417,8 @@ class Exchange:
         else:
             log.failure("Forwarding to {backend} failed", reason, backend=backend)
             error = GolbError("bad-gateway")
+        if attempt is not None:
+            self.observatory.attemptFinished(self.record, attempt, error=error.code)
         if backend is not None:
             backend.failures += 1
             if self.pool.outliers is not None:
@@ -429,6 +441,9 @@ class Exchange:
         self.pending = None
         if self.backend is not None:
             self.backend.recordLatency(self.reactor.seconds() - self.started)
+        attempt, self.attemptRecord = self.attemptRecord, None
+        if attempt is not None:
+            self.observatory.attemptFinished(self.record, attempt, status=response.code)
         if self.clientGone:
             response.stopProducing()
             self._release()

@@ -256,7 +256,11 @@ class RoutingResource:
         runtime = self.golb.runtime
         request.defaultContentType = None
         request.responseHeaders.removeHeader(b"server")
+        observatory = self.golb.observatory
+        record = observatory.requestStarted(request) if observatory.active else None
         route = runtime.router.match(request)
+        if record is not None and route is not None:
+            record.route = route.name
         if route is None:
             renderError(request, GolbError("no-route"))
             return NOT_DONE_YET
