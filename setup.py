@@ -20,6 +20,14 @@ setup(
         "attrs>=22.1.0",
         "PyYAML>=6.0",
         "treq>=22.2.0",
+        # metrics: the reference Prometheus client (exposition format, histograms)
+        "prometheus-client>=0.17",
+        # traces: the OpenTelemetry SDK and its OTLP exporters; gRPC export needs
+        # grpcio, which has no PyPy wheels, so it is left out there (protocol:
+        # http works everywhere)
+        "opentelemetry-sdk>=1.20",
+        "opentelemetry-exporter-otlp-proto-http>=1.20",
+        'opentelemetry-exporter-otlp-proto-grpc>=1.20; platform_python_implementation == "CPython"',
     ],
     extras_require={
         "test": ["hypothesis>=6.0", "ruff>=0.4"],
