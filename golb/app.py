@@ -71,6 +71,10 @@ class Golb:
     @ivar config: the current L{golb.config.Config}.
     @ivar runtime: the current L{Runtime}; replaced whole on reload.
     @ivar backends: the L{BackendRegistry} of live backend state.
+    @ivar reloads: reloads attempted (from a file: SIGHUP, admin).
+    @ivar reloadFailures: those that failed and changed nothing.
+    @ivar lastReload: C{{"at", "ok", "problems"}} of the last one, or L{None}.
+    @ivar reloadObservers: callables told C{ok} after each reload attempt.
     @ivar observatory: the L{Observatory} that metrics, tracing and the
         access log plug into.
     @ivar policyStates: policy state kept across reloads (rate-limit
@@ -93,6 +97,10 @@ class Golb:
         self._observers: List[Callable[[], None]] = []
         self.runtime: Optional[Runtime] = None
         self.observatory = Observatory(reactor)
+        self.reloads = 0
+        self.reloadFailures = 0
+        self.lastReload: Optional[dict] = None
+        self.reloadObservers: List[Callable[[bool], None]] = []
         self.policyStates = States()
         self.runtime = Runtime.build(config, self.backends, self.reactor,
                                      states=self.policyStates)
@@ -143,6 +151,64 @@ class Golb:
         self.backends.retain(runtime.pools.values())
         self._changed()
         return runtime
+
+    def reloadFile(self, path: Optional[str] = None) -> bool:
+        """
+        Reload from C{path} (default: the file the current configuration came
+        from).  A file that cannot be read or has problems changes nothing:
+        every problem is logged.  The outcome is kept in L{reloads},
+        L{reloadFailures} and L{lastReload} (for metrics and the admin site).
+
+        @return: whether the new configuration is in place.
+        """
+        from golb.config import ConfigError, loadConfig
+
+        path = path or self.config.filename
+        now = self.reactor.seconds()
+        try:
+            config = loadConfig(path)
+            self._checkReloadable(config)
+            self.reload(config)
+        except ConfigError as e:
+            for problem in e.problems:
+                self.log.error("reload: {problem}", problem=str(problem))
+            self._reloaded(now, False, [str(problem) for problem in e.problems])
+            self.log.error("reload of {path} failed: {count} problem(s); the running"
+                           " configuration is unchanged", path=path, count=len(e.problems))
+            return False
+        except Exception as e:
+            self.log.failure("reload of {path} failed; the running configuration is unchanged",
+                             path=path)
+            self._reloaded(now, False, [f"{type(e).__name__}: {e}"])
+            return False
+        self._reloaded(now, True, [])
+        from golb.config import summary
+
+        self.log.info("reloaded {path}: {summary}", path=path, summary=summary(config))
+        return True
+
+    def _checkReloadable(self, config) -> None:
+        """
+        Warn about what a reload cannot change while running.
+        """
+        old = {listener.name: listener for listener in self.config.listeners}
+        new = {listener.name: listener for listener in config.listeners}
+        if old != new:
+            self.log.warn(
+                "reload: listener changes (names, addresses, TLS, limits) take effect on restart;"
+                " the listeners keep their current settings"
+            )
+
+    def _reloaded(self, at: float, ok: bool, problems) -> None:
+        self.reloads += 1
+        if not ok:
+            self.reloadFailures += 1
+        self.lastReload = {"at": at, "ok": ok, "problems": list(problems)}
+        for observer in list(self.reloadObservers):
+            try:
+                observer(ok)
+            except Exception:
+                self.log.failure("reload observer {observer!r} failed", observer=observer)
 
     def setMembers(self, poolName: str, members: Members) -> None:
         """

@@ -96,9 +96,11 @@ class GolbService(MultiService):
 
     log = Logger()
 
-    def __init__(self, golb):
+    def __init__(self, golb, reactor=None):
         MultiService.__init__(self)
         self.golb = golb
+        self.reactor = reactor
+        self._previousHandler = None
 
     def startService(self):
         MultiService.startService(self)
@@ -106,8 +108,45 @@ class GolbService(MultiService):
         self.log.info(
             "golb {version} started from {file}", version=__version__, file=config.filename
         )
+        self._installSIGHUP()
+
+    def _installSIGHUP(self) -> None:
+        """
+        Reload the configuration file on SIGHUP.  The handler only schedules
+        the reload on the reactor; reloads run one at a time, in order.
+        """
+        import signal
+        import threading
+
+        if self.reactor is None or not hasattr(signal, "SIGHUP"):
+            return
+        if threading.current_thread() is not threading.main_thread():
+            return
+        reactor = self.reactor
+
+        def handler(signum, frame):
+            reactor.callFromThread(self.reload)
+
+        try:
+            self._previousHandler = signal.signal(signal.SIGHUP, handler)
+        except (ValueError, OSError):  # pragma: no cover (not the main thread)
+            self._previousHandler = None
+
+    def reload(self) -> bool:
+        """
+        Reload the configuration file now (what SIGHUP does).
+
+        @return: whether the new configuration is in place.
+        """
+        self.log.info("reloading {file}", file=self.golb.config.filename)
+        return self.golb.reloadFile()
 
     def stopService(self):
+        if self._previousHandler is not None:
+            import signal
+
+            signal.signal(signal.SIGHUP, self._previousHandler)
+            self._previousHandler = None
         d = MultiService.stopService(self)
 
         def closeUpstreams(result):
@@ -148,6 +187,7 @@ def makeService(options, reactor=None) -> GolbService:
     Build golb's service tree from parsed L{Options}; nothing listens and no
     timer runs until the tree is started.
     """
+    signals = reactor is None
     if reactor is None:
         from twisted.internet import reactor
     from golb.app import Golb
@@ -157,7 +197,7 @@ def makeService(options, reactor=None) -> GolbService:
 
     config = options["loaded"]
     golb = Golb(config, reactor=reactor)
-    root = GolbService(golb)
+    root = GolbService(golb, reactor if signals else None)
     for listener in config.listeners:
         site = listenerSite(golb, listener, reactor)
         endpoint = serverFromString(reactor, listenerDescription(listener))

@@ -10,6 +10,7 @@ import treq
 from twisted.internet import defer, reactor
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
@@ -42,6 +43,17 @@ class Twistd(ProcessProtocol):
 
 
 def runTwistd(testCase, configText, extra=()):
+    """
+    Run C{twistd -n golb} on C{configText} until the test ends.  Without a
+    C{monitoring:} section, metrics go to a free loopback port (not the
+    default 9090, which parallel tests would share).
+
+    @return: C{(Twistd protocol, config path)}.
+    """
+    if "monitoring:" not in configText:
+        configText += (
+            f"monitoring:\n  prometheus: {{address: \"127.0.0.1:{freePort()}\"}}\n"
+        )
     path = testCase.mktemp()
     with open(path, "w") as f:
         f.write(configText)
@@ -191,3 +203,68 @@ backend_pools:
                       output)
         self.assertNotIn("Traceback", output)
         yield self.assertFailure(protocol.ready, RuntimeError)
+
+
+class ReloadTests(TestCase):
+    """
+    SIGHUP reloads the configuration file in the running process.
+    """
+
+    timeout = 60
+
+    def setUp(self):
+        self.pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(self.pool.closeCachedConnections)
+        self.client = treq.client.HTTPClient(Agent(reactor, pool=self.pool))
+
+    @defer.inlineCallbacks
+    def backendName(self, listen):
+        response = yield self.client.get(f"http://127.0.0.1:{listen}/")
+        yield response.content()
+        return response.headers.getRawHeaders(b"x-demo-backend", [b"?"])[0]
+
+    @defer.inlineCallbacks
+    def test_sighup(self):
+        """
+        After the file changes and golb gets SIGHUP, new requests go to the
+        new pool's backend; a broken file then changes nothing and its
+        problems are logged with their lines.
+        """
+        port1, _ = listenBackend(self, name="b1")
+        port2, _ = listenBackend(self, name="b2")
+        listen = freePort()
+        template = """\
+listeners: [{{name: web, address: "127.0.0.1:{listen}"}}]
+backend_pools:
+  - name: default
+    backends: [{{url: "http://127.0.0.1:{port}"}}]
+"""
+        protocol, path = runTwistd(
+            self, template.format(listen=listen, port=port1.getHost().port))
+        yield protocol.ready
+        self.assertEqual((yield self.backendName(listen)), b"b1")
+        with open(path) as f:
+            monitoring = f.read().split("monitoring:", 1)[1]
+        with open(path, "w") as f:
+            f.write(template.format(listen=listen, port=port2.getHost().port))
+            f.write("monitoring:" + monitoring)
+        protocol.transport.signalProcess("HUP")
+        for _ in range(200):
+            if b"reloaded" in protocol.output:
+                break
+            yield deferLater(reactor, 0.02, lambda: None)
+        self.assertEqual((yield self.backendName(listen)), b"b2")
+
+        with open(path, "w") as f:
+            f.write("listeners: [{name: web, address: 1.2.3}]\nbackend_pools: nope\n")
+        protocol.transport.signalProcess("HUP")
+        for _ in range(200):
+            if b"reload of" in protocol.output:
+                break
+            yield deferLater(reactor, 0.02, lambda: None)
+        output = protocol.output.decode("utf-8")
+        name = os.path.basename(path)
+        self.assertIn(f"reload: {name}:2: backend_pools: expected a list", output)
+        self.assertIn("the running configuration is unchanged", output)
+        self.assertEqual((yield self.backendName(listen)), b"b2")
+        self.assertNotIn("Traceback", output)
