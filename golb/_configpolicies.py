@@ -83,11 +83,15 @@ class AclPolicy:
 class BasicAuthPolicy:
     """
     HTTP basic authentication against an htpasswd file (absolute path).
+
+    @ivar forward_authorization: pass the client's C{Authorization} header on
+        to the backend (removed by default).
     """
 
     kind: ClassVar[str] = "basic_auth"
     users_file: str
     realm: str = "golb"
+    forward_authorization: bool = False
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -267,6 +271,7 @@ POLICY_SECTIONS = {
     "basic_auth": Section(BasicAuthPolicy, {
         "users_file": filePath(mustExist=True),
         "realm": string,
+        "forward_authorization": boolean,
     }),
     "headers": Section(HeadersPolicy, {"request": _headerOps, "response": _headerOps}),
     "rewrite": Section(RewritePolicy, {
