@@ -404,6 +404,24 @@ class GolbChannel(HTTPChannel):
         self._golbState = _HANDLING
         HTTPChannel.allContentReceived(self)
 
+    def checkPersistence(self, request, version):
+        """
+        Whether the connection stays open after this request: HTTP/1.1 unless
+        a C{Connection} header lists C{close} (as a comma-separated token, in
+        any of its values: Twisted's own check splits on spaces and misses
+        C{close, X-Foo}); never for HTTP/1.0 and 0.9.
+        """
+        tokens = set()
+        for value in request.requestHeaders.getRawHeaders(b"connection") or ():
+            for token in value.split(b","):
+                tokens.add(token.strip().lower())
+        if version == b"HTTP/1.1":
+            if b"close" in tokens:
+                request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+                return False
+            return True
+        return False
+
     def requestDone(self, request):
         """
         The response is finished: read the next request or close.

@@ -761,6 +761,20 @@ class ConnectionTests(ListenerTestCase):
         self.assertTrue(transport.disconnecting)
         self.assertEqual(len(self.resource.requests), 1)
 
+    def test_connectionCloseAmongTokens(self):
+        """
+        C{close} is found among comma-separated Connection tokens, in any
+        case and in any Connection header.
+        """
+        for headers in (b"Connection: X-Foo, Close\r\n",
+                        b"Connection: keep-alive\r\nConnection: x,close\r\n"):
+            self.makeSite()
+            channel, transport = self.connect()
+            channel.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n" + headers + b"\r\n")
+            [(status, responseHeaders, body)] = parseResponses(transport.value())
+            self.assertEqual(responseHeaders[b"connection"], [b"close"], headers)
+            self.assertTrue(transport.disconnecting, headers)
+
     def test_responseHeaders(self):
         """
         Responses carry Date but no Server header nor a default Content-Type.
