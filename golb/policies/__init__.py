@@ -114,7 +114,9 @@ class Answer:
         responseHeaders = request.responseHeaders
         for name, value in self.headers:
             responseHeaders.addRawHeader(name, value)
-        responseHeaders.setRawHeaders(b"content-length", [b"%d" % (len(self.body),)])
+        if self.body or not (self.status < 200 or self.status in (204, 304)):
+            # RFC 9110 8.6: no Content-Length on 1xx and 204 answers
+            responseHeaders.setRawHeaders(b"content-length", [b"%d" % (len(self.body),)])
         if self.body and request.method != b"HEAD":
             request.write(self.body)
         request.finish()
