@@ -9,7 +9,18 @@ plain text, or JSON when the client's C{Accept} prefers C{application/json}.
 import json
 from typing import Optional, Sequence, Tuple
 
-from twisted.web.http import RESPONSES
+from twisted.web.http import RESPONSES as _TWISTED_RESPONSES
+
+# Twisted's table lacks the newer reason phrases (RFC 6585, RFC 9110).
+RESPONSES = dict(_TWISTED_RESPONSES)
+RESPONSES.update({
+    421: b"Misdirected Request",
+    422: b"Unprocessable Content",
+    428: b"Precondition Required",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    451: b"Unavailable For Legal Reasons",
+})
 
 __all__ = [
     "ERRORS",
@@ -126,7 +137,7 @@ def renderError(request, error: GolbError) -> None:
         record.error = error.code
     asJSON = wantsJSON(request.requestHeaders.getRawHeaders(b"accept", [None])[0])
     contentType, body = errorBody(error.status, error.code, error.message, asJSON)
-    request.setResponseCode(error.status)
+    request.setResponseCode(error.status, RESPONSES.get(error.status))
     headers = request.responseHeaders
     headers.setRawHeaders(b"content-type", [contentType])
     headers.setRawHeaders(b"x-golb-error", [error.code.encode("ascii")])
