@@ -225,12 +225,61 @@ def _checkRewrite(node: Node, values: Dict[str, Any], failed: Set[str]) -> Dict[
     return values
 
 
+_ORIGIN = re.compile(
+    r"^(?:\*|null|https?://(?:\*\.)?[a-z0-9*](?:[a-z0-9.*-]*[a-z0-9])?(?::\d{1,5})?"
+    r"|https?://\[[0-9a-f:.]+\](?::\d{1,5})?)$",
+    re.IGNORECASE,
+)
+
+
 def _checkCors(node: Node, values: Dict[str, Any], failed: Set[str]) -> Dict[str, Any]:
+    for index, origin in enumerate(values.get("allow_origins") or ()):
+        host = origin.split("://", 1)[-1]
+        if not _ORIGIN.match(origin) or host.count("*") > 1 or origin.endswith("/"):
+            node.child("allow_origins").problem(
+                f"{origin!r} (entry {index}) is not an origin: use '*', 'null', or"
+                " scheme://host[:port] with at most one '*' in the host, like"
+                " https://*.example.com"
+            )
     if values.get("allow_credentials") and "*" in (values.get("allow_origins") or ()):
         node.child("allow_credentials").problem(
             "browsers refuse credentials with allow_origins '*'; list the origins"
         )
     return values
+
+
+def _problemsFrom(cls, function: str):
+    """
+    A section check that builds C{cls} from the section's values and reports
+    what C{golb.policies.MODULE.FUNCTION} finds wrong with it (checks that
+    need the policy's own knowledge of paths, templates and headers).
+    """
+    module, name = function.rsplit(".", 1)
+
+    def check(node: Node, values: Dict[str, Any], failed: Set[str]) -> Dict[str, Any]:
+        if failed:
+            return values
+        import importlib
+
+        finder = getattr(importlib.import_module(module), name)
+        try:
+            problems = finder(cls(**values))
+        except (TypeError, ValueError):
+            return values
+        for problem in problems:
+            node.problem(problem)
+        return values
+
+    return check
+
+
+def _both(*checks):
+    def check(node: Node, values: Dict[str, Any], failed: Set[str]) -> Dict[str, Any]:
+        for one in checks:
+            values = one(node, values, failed)
+        return values
+
+    return check
 
 
 def _headerName(node: Node) -> str:
@@ -273,18 +322,20 @@ POLICY_SECTIONS = {
         "realm": string,
         "forward_authorization": boolean,
     }),
-    "headers": Section(HeadersPolicy, {"request": _headerOps, "response": _headerOps}),
+    "headers": Section(HeadersPolicy, {"request": _headerOps, "response": _headerOps},
+                       _problemsFrom(HeadersPolicy, "golb.policies.headers.headersProblems")),
     "rewrite": Section(RewritePolicy, {
         "strip_prefix": absolutePath,
         "add_prefix": absolutePath,
         "replace_path": absolutePath,
         "regex": regex,
         "replacement": lambda node: node.value if isinstance(node.value, str) else string(node),
-    }, _checkRewrite),
+    }, _both(_checkRewrite,
+             _problemsFrom(RewritePolicy, "golb.policies.rewrite.rewriteProblems"))),
     "redirect": Section(RedirectPolicy, {
         "to": string,
         "code": lambda node: int(_enum(node, ("301", "302", "303", "307", "308"))),
-    }),
+    }, _problemsFrom(RedirectPolicy, "golb.policies.rewrite.redirectProblems")),
     "cors": Section(CorsPolicy, {
         "allow_origins": _strings,
         "allow_methods": listOf(httpMethod, single=True),

@@ -376,6 +376,34 @@ class ProblemTests(SynchronousTestCase):
             "golb.yaml:11: routing_rules[0]: set one of 'target_pool' or 'split'",
         ])
 
+    def test_policyChecks(self):
+        """
+        Policies are checked when loading: header edits that would break
+        framing or inject lines, a rewrite path with a query, an unknown
+        redirect placeholder.
+        """
+        self.assertEqual(problems(self, """\
+            server: {address: ":8080"}
+            backend_pools: [{name: web, backends: [{url: "http://a"}]}]
+            policies:
+              - headers: {response: {set: {X-A: "a\\nb"}, remove: [Transfer-Encoding]}}
+              - rewrite: {replace_path: "/a?b"}
+              - redirect: {to: "https://{hots}{path}"}
+              - cors: {allow_origins: ["https://*.example.com:8443", "app.example.com"]}
+        """), [
+            "golb.yaml:4: policies[0].headers: response.remove: Transfer-Encoding cannot be"
+            " edited: it frames the message: golb sets it itself",
+            "golb.yaml:4: policies[0].headers: response.set.X-A: the value contains a control"
+            " character (CR, LF, NUL...): 'a\\nb'",
+            "golb.yaml:5: policies[1].rewrite: replace_path: '/a?b' contains '?' or '#'; a"
+            " rewrite changes the path only and keeps the client's query string",
+            "golb.yaml:6: policies[2].redirect: to: unknown placeholder {hots} in"
+            " 'https://{hots}{path}'; use {scheme}, {host}, {path}, {query}, {uri}",
+            "golb.yaml:7: policies[3].cors.allow_origins: 'app.example.com' (entry 1) is not an"
+            " origin: use '*', 'null', or scheme://host[:port] with at most one '*' in the"
+            " host, like https://*.example.com",
+        ])
+
     def test_nameserverMustBeAnAddress(self):
         """
         Discovery nameservers are IP addresses (the resolver cannot look up
