@@ -75,6 +75,7 @@ class Golb:
     @ivar reloadFailures: those that failed and changed nothing.
     @ivar lastReload: C{{"at", "ok", "problems"}} of the last one, or L{None}.
     @ivar reloadObservers: callables told C{ok} after each reload attempt.
+    @ivar metrics: the L{golb.observe.metrics.Metrics} once metrics are on.
     @ivar observatory: the L{Observatory} that metrics, tracing and the
         access log plug into.
     @ivar policyStates: policy state kept across reloads (rate-limit
@@ -97,6 +98,7 @@ class Golb:
         self._observers: List[Callable[[], None]] = []
         self.runtime: Optional[Runtime] = None
         self.observatory = Observatory(reactor)
+        self.metrics = None
         self.reloads = 0
         self.reloadFailures = 0
         self.lastReload: Optional[dict] = None

@@ -194,6 +194,7 @@ def makeService(options, reactor=None) -> GolbService:
     from golb.demo import DemoService
     from golb.discovery import DiscoveryService
     from golb.health import HealthService
+    from golb.observe.metrics import MetricsService
 
     config = options["loaded"]
     golb = Golb(config, reactor=reactor)
@@ -211,4 +212,5 @@ def makeService(options, reactor=None) -> GolbService:
         demo.setServiceParent(root)
     HealthService(golb, reactor).setServiceParent(root)
     DiscoveryService(golb, reactor).setServiceParent(root)
+    MetricsService(golb, reactor).setServiceParent(root)
     return root

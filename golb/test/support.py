@@ -20,6 +20,7 @@ from golb.tap import listenerSite
 __all__ = [
     "RawClient",
     "freePort",
+    "freePorts",
     "listenBackend",
     "listenGolb",
     "rawRequest",
@@ -38,6 +39,28 @@ def freePort() -> int:
         return s.getsockname()[1]
     finally:
         s.close()
+
+
+def freePorts(count: int) -> int:
+    """
+    The first of C{count} consecutive TCP ports on 127.0.0.1 that were all
+    free a moment ago (for demo backends, which take C{base_port} and up).
+    """
+    for _ in range(100):
+        first = freePort()
+        sockets = []
+        try:
+            for offset in range(count):
+                s = socket.socket()
+                sockets.append(s)
+                s.bind(("127.0.0.1", first + offset))
+            return first
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise RuntimeError(f"no {count} consecutive free ports found")
 
 
 def listenBackend(testCase, resource=None, name="b1"):

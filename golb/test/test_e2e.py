@@ -14,7 +14,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from golb.test.support import freePort, listenBackend
+from golb.test.support import freePort, freePorts, listenBackend
 
 
 class Twistd(ProcessProtocol):
@@ -141,7 +141,7 @@ routing_rules:
         backends and their pages name them; SIGTERM shuts it down cleanly.
         """
         listen = freePort()
-        base = freePort()
+        base = freePorts(2)
         config = f"""\
 listeners:
   - name: web

@@ -134,7 +134,8 @@ class MakeServiceTests(SynchronousTestCase):
         """
         service, reactor = self.build()
         names = sorted(child.name for child in service)
-        self.assertEqual(names, ["demo", "discovery", "health", "listener:alt", "listener:web"])
+        self.assertEqual(names, ["demo", "discovery", "health", "listener:alt", "listener:web",
+                                 "metrics"])
         self.assertIs(service.getServiceNamed("health").golb, service.golb)
         self.assertIs(service.getServiceNamed("listener:web").factory.resource.golb,
                       service.golb)
@@ -142,7 +143,8 @@ class MakeServiceTests(SynchronousTestCase):
     def test_startsNothing(self):
         """
         Building the tree opens no socket and schedules no timer; starting it
-        listens on every listener and demo backend.
+        listens on every listener, demo backend and the metrics endpoint
+        (on by default, port 9090).
         """
         service, reactor = self.build()
         self.assertEqual(reactor.tcpServers, [])
@@ -150,7 +152,8 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertFalse(service.running)
         service.startService()
         self.addCleanup(service.stopService)
-        self.assertEqual(len(reactor.tcpServers), 4)
+        ports = sorted(server[0] for server in reactor.tcpServers)
+        self.assertEqual(ports, [0, 0, 3001, 3002, 9090])
 
     def test_tlsListenerDescription(self):
         """
