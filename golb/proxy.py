@@ -286,6 +286,8 @@ class Exchange:
         """
         self.pool.active += 1
         self.pool.budget.request()
+        if self.record is not None:
+            self.record.pool = self.pool.name
         self.request.notifyFinish().addErrback(self._clientLost)
         self._attempt(None)
 

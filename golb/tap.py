@@ -96,11 +96,27 @@ class GolbService(MultiService):
 
     log = Logger()
 
+    serverOptions = None
+    logObserver = None
+
     def __init__(self, golb, reactor=None):
         MultiService.__init__(self)
         self.golb = golb
         self.reactor = reactor
         self._previousHandler = None
+
+    def setServiceParent(self, parent):
+        """
+        When twistd adopts the tree, give it golb's log observer (format and
+        level from C{monitoring.logging}), built from twistd's own options
+        (C{-n}, C{-l}, C{--syslog}).
+        """
+        from golb.observe.logs import installLogObserver
+
+        self.logObserver = installLogObserver(
+            parent, self.serverOptions, self.golb.config.monitoring.logging
+        )
+        MultiService.setServiceParent(self, parent)
 
     def startService(self):
         MultiService.startService(self)
@@ -139,7 +155,10 @@ class GolbService(MultiService):
         @return: whether the new configuration is in place.
         """
         self.log.info("reloading {file}", file=self.golb.config.filename)
-        return self.golb.reloadFile()
+        ok = self.golb.reloadFile()
+        if ok and self.logObserver is not None:
+            self.logObserver.setLevel(self.golb.config.monitoring.logging.level)
+        return ok
 
     def stopService(self):
         if self._previousHandler is not None:
@@ -194,11 +213,13 @@ def makeService(options, reactor=None) -> GolbService:
     from golb.demo import DemoService
     from golb.discovery import DiscoveryService
     from golb.health import HealthService
+    from golb.observe.logs import AccessLogService
     from golb.observe.metrics import MetricsService
 
     config = options["loaded"]
     golb = Golb(config, reactor=reactor)
     root = GolbService(golb, reactor if signals else None)
+    root.serverOptions = getattr(options, "parent", None)
     for listener in config.listeners:
         site = listenerSite(golb, listener, reactor)
         endpoint = serverFromString(reactor, listenerDescription(listener))
@@ -213,4 +234,7 @@ def makeService(options, reactor=None) -> GolbService:
     HealthService(golb, reactor).setServiceParent(root)
     DiscoveryService(golb, reactor).setServiceParent(root)
     MetricsService(golb, reactor).setServiceParent(root)
+    access = config.monitoring.logging.access_log
+    if access.enabled:
+        AccessLogService(golb.observatory, access, reactor).setServiceParent(root)
     return root
