@@ -215,6 +215,7 @@ def makeService(options, reactor=None) -> GolbService:
     from golb.health import HealthService
     from golb.observe.logs import AccessLogService
     from golb.observe.metrics import MetricsService
+    from golb.observe.tracing import TracingService, TracingUnavailable
 
     config = options["loaded"]
     golb = Golb(config, reactor=reactor)
@@ -234,6 +235,10 @@ def makeService(options, reactor=None) -> GolbService:
     HealthService(golb, reactor).setServiceParent(root)
     DiscoveryService(golb, reactor).setServiceParent(root)
     MetricsService(golb, reactor).setServiceParent(root)
+    try:
+        TracingService(golb, reactor).setServiceParent(root)
+    except TracingUnavailable as e:
+        raise SystemExit(f"golb: {e}") from None
     access = config.monitoring.logging.access_log
     if access.enabled:
         AccessLogService(golb.observatory, access, reactor).setServiceParent(root)

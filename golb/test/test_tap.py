@@ -135,7 +135,7 @@ class MakeServiceTests(SynchronousTestCase):
         service, reactor = self.build()
         names = sorted(child.name for child in service)
         self.assertEqual(names, ["access-log", "demo", "discovery", "health", "listener:alt",
-                                 "listener:web", "metrics"])
+                                 "listener:web", "metrics", "tracing"])
         self.assertIs(service.getServiceNamed("health").golb, service.golb)
         self.assertIs(service.getServiceNamed("listener:web").factory.resource.golb,
                       service.golb)
