@@ -11,7 +11,6 @@ from twisted.internet import defer, reactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
-
 DASHBOARD = os.path.join(os.path.dirname(__file__), "..", "..", "deploy", "grafana",
                          "golb-dashboard.json")
 
@@ -58,7 +57,7 @@ class DashboardTests(TestCase):
             self.fail("promtool is not installed: it comes with Debian's prometheus package"
                       " (apt-get install -y prometheus), which .ci/run installs")
         lines = ["groups:", "  - name: dashboard", "    rules:"]
-        for index, (title, expr) in enumerate(expressions()):
+        for index, (_title, expr) in enumerate(expressions()):
             lines.append(f"      - record: golb:panel{index}")
             lines.append(f"        expr: {json.dumps(expr)}")
         path = self.mktemp()
