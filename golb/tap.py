@@ -239,6 +239,10 @@ def makeService(options, reactor=None) -> GolbService:
         TracingService(golb, reactor).setServiceParent(root)
     except TracingUnavailable as e:
         raise SystemExit(f"golb: {e}") from None
+    if config.manhole.enabled:
+        from golb.manhole import ManholeService
+
+        ManholeService(golb, config.manhole, reactor=reactor).setServiceParent(root)
     access = config.monitoring.logging.access_log
     if access.enabled:
         AccessLogService(golb.observatory, access, reactor).setServiceParent(root)
