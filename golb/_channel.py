@@ -149,6 +149,7 @@ class GolbChannel(HTTPChannel):
     totalHeadersSize = sys.maxsize
 
     _golbState = _IDLE
+    _golbDraining = False
     _golbHeadBytes = 0
     _golbHeaderCount = 0
     _golbContentLength: Optional[int] = None
@@ -404,6 +405,25 @@ class GolbChannel(HTTPChannel):
         self._golbState = _HANDLING
         HTTPChannel.allContentReceived(self)
 
+    def drain(self) -> None:
+        """
+        golb is shutting down: close the connection now if it is between
+        requests, else after the response in progress (which says
+        C{Connection: close} when its head is not out yet).  A request whose
+        head is still arriving is answered, then the connection closes.
+        """
+        self._golbDraining = True
+        if self._golbState in (_DEAD, _CLOSING):
+            return
+        if self._golbState == _IDLE and not self.requests and not self._buffer:
+            self._golbState = _CLOSING
+            self.loseConnection()
+            return
+        self.persistent = False
+        for request in self.requests:
+            if not request.startedWriting:
+                request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+
     def checkPersistence(self, request, version):
         """
         Whether the connection stays open after this request: HTTP/1.1 unless
@@ -411,6 +431,9 @@ class GolbChannel(HTTPChannel):
         any of its values: Twisted's own check splits on spaces and misses
         C{close, X-Foo}); never for HTTP/1.0 and 0.9.
         """
+        if self._golbDraining:
+            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+            return False
         tokens = set()
         for value in request.requestHeaders.getRawHeaders(b"connection") or ():
             for token in value.split(b","):

@@ -212,6 +212,8 @@ class GolbSite(Site):
 
     @ivar openConnections: the L{GolbChannel}s currently connected (for
         draining on shutdown).
+    @ivar openTunnels: the L{golb.tunnel.Tunnel}s (upgraded connections,
+        WebSockets) currently open.
     @ivar maxHeaderCount: the most header fields in one request (431).
     @ivar maxRequestLineBytes: the longest request line (414).
     """
@@ -272,6 +274,7 @@ class GolbSite(Site):
             from twisted.internet import reactor
         self.clock = reactor
         self.openConnections = set()
+        self.openTunnels = set()
 
     def startFactory(self):
         """

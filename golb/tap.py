@@ -9,7 +9,8 @@ siblings (health, admin, metrics, tracing, manhole) hang off the same tree.
 import sys
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer, task
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
@@ -99,11 +100,17 @@ class GolbService(MultiService):
     serverOptions = None
     logObserver = None
 
-    def __init__(self, golb, reactor=None):
+    def __init__(self, golb, reactor=None, clock=None):
         MultiService.__init__(self)
         self.golb = golb
         self.reactor = reactor
+        if clock is None:
+            clock = reactor
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = clock
         self._previousHandler = None
+        self._stopping = False
 
     def setServiceParent(self, parent):
         """
@@ -125,6 +132,8 @@ class GolbService(MultiService):
             "golb {version} started from {file}", version=__version__, file=config.filename
         )
         self._installSIGHUP()
+        if self.reactor is not None:
+            self.reactor.callWhenRunning(self._installShutdownSignals)
 
     def _installSIGHUP(self) -> None:
         """
@@ -160,20 +169,121 @@ class GolbService(MultiService):
             self.logObserver.setLevel(self.golb.config.monitoring.logging.level)
         return ok
 
+    def _installShutdownSignals(self) -> None:
+        """
+        Replace the reactor's SIGTERM and SIGINT handlers (installed when it
+        started running) with golb's: drain, then exit 0.  twistd would
+        otherwise re-raise the signal after shutdown and exit 143.  A second
+        signal while draining closes every connection at once.
+        """
+        import signal
+
+        reactor = self.reactor
+
+        def handler(signum, frame):
+            reactor.callFromThread(self._shutdownSignal, signum)
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                signal.signal(signum, handler)
+            except (ValueError, OSError):  # pragma: no cover (not the main thread)
+                return
+
+    def _shutdownSignal(self, signum: int) -> None:
+        import signal
+
+        name = signal.Signals(signum).name
+        if self._stopping:
+            self.log.warn("{signal} again: closing every connection now", signal=name)
+            self._closeEverything()
+            return
+        self.log.info("{signal}: shutting down (grace {grace}s)", signal=name,
+                      grace=self.golb.config.shutdown.grace)
+        self.reactor.stop()
+
+    def _listeners(self):
+        return [child for child in self if (child.name or "").startswith("listener:")]
+
     def stopService(self):
+        """
+        Shut down gracefully: stop accepting connections, let the requests
+        and tunnels in progress finish for up to C{shutdown.grace} (idle
+        keep-alive connections close at once, busy ones after their response
+        with C{Connection: close}), close what is left, then stop the other
+        services (health, metrics, access log, tracing...) and close the
+        backend connections.
+        """
         if self._previousHandler is not None:
             import signal
 
             signal.signal(signal.SIGHUP, self._previousHandler)
             self._previousHandler = None
-        d = MultiService.stopService(self)
+        self._stopping = True
+        Service.stopService(self)
+        return self._stop()
 
-        def closeUpstreams(result):
-            closing = self.golb.close()
-            closing.addCallback(lambda _: result)
-            return closing
+    @defer.inlineCallbacks
+    def _stop(self):
+        listeners = self._listeners()
+        yield defer.DeferredList(
+            [defer.maybeDeferred(child.stopService) for child in listeners], consumeErrors=True
+        )
+        yield self._drain(self.golb.config.shutdown.grace)
+        others = [child for child in reversed(list(self)) if child not in listeners]
+        yield defer.DeferredList(
+            [defer.maybeDeferred(child.stopService) for child in others], consumeErrors=True
+        )
+        yield self.golb.close()
 
-        return d.addBoth(closeUpstreams)
+    def _sites(self):
+        return [child.factory for child in self._listeners() if hasattr(child, "factory")]
+
+    def _open(self):
+        connections = tunnels = 0
+        for site in self._sites():
+            connections += len(site.openConnections)
+            tunnels += len(getattr(site, "openTunnels", ()))
+        return connections, tunnels
+
+    @defer.inlineCallbacks
+    def _drain(self, grace: float):
+        clock = self.clock
+        for site in self._sites():
+            for channel in list(site.openConnections):
+                drain = getattr(channel, "drain", None)
+                if drain is not None:
+                    drain()
+                else:
+                    channel.transport.loseConnection()
+        connections, tunnels = self._open()
+        if not connections and not tunnels:
+            return
+        self.log.info(
+            "draining {connections} connection(s) and {tunnels} tunnel(s) for up to {grace}s",
+            connections=connections, tunnels=tunnels, grace=grace,
+        )
+        deadline = clock.seconds() + grace
+        while any(self._open()) and clock.seconds() < deadline:
+            yield task.deferLater(clock, min(0.05, max(0.0, deadline - clock.seconds())),
+                                  lambda: None)
+        connections, tunnels = self._open()
+        if connections or tunnels:
+            self.log.warn(
+                "grace of {grace}s over: closing {connections} connection(s) and {tunnels}"
+                " tunnel(s)", grace=grace, connections=connections, tunnels=tunnels,
+            )
+            self._closeEverything()
+        else:
+            self.log.info("drained")
+
+    def _closeEverything(self) -> None:
+        for site in self._sites():
+            for channel in list(site.openConnections):
+                transport = channel.transport
+                if transport is not None:
+                    transport.abortConnection()
+            for tunnel in list(getattr(site, "openTunnels", ())):
+                tunnel.close()
 
 
 def listenerSite(golb, listener, reactor, **overrides):
@@ -219,7 +329,7 @@ def makeService(options, reactor=None) -> GolbService:
 
     config = options["loaded"]
     golb = Golb(config, reactor=reactor)
-    root = GolbService(golb, reactor if signals else None)
+    root = GolbService(golb, reactor if signals else None, clock=reactor)
     root.serverOptions = getattr(options, "parent", None)
     for listener in config.listeners:
         site = listenerSite(golb, listener, reactor)

@@ -91,6 +91,16 @@ class Tunnel:
         channel.transport = None
         request.startedWriting = 1
         tunnel = cls(transport, upstream, idleTimeout, reactor)
+        site = getattr(channel, "site", None)
+        if site is not None:
+            # The connection is a tunnel now: the site counts it apart, so
+            # that draining waits for it (up to the grace) and the channel
+            # is not kept as an open HTTP connection forever.
+            site.openConnections.discard(channel)
+            tunnels = getattr(site, "openTunnels", None)
+            if tunnels is not None:
+                tunnels.add(tunnel)
+                tunnel.whenClosed().addCallback(lambda _: tunnels.discard(tunnel))
         protocol = _ClientSide(tunnel)
         if isinstance(transport, ProtocolWrapper):
             transport.wrappedProtocol = protocol
@@ -151,6 +161,12 @@ class Tunnel:
         self.bytesOut += len(data)
         self._touch()
         self.client.write(data)
+
+    def close(self) -> None:
+        """
+        Close both sides now (golb is shutting down and the grace is over).
+        """
+        self._close()
 
     def clientLost(self, reason=None) -> None:
         self._close()

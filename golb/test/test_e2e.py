@@ -4,17 +4,20 @@ way a user would check it.
 """
 
 import os
+import signal
 import sys
 
 import treq
 from twisted.internet import defer, reactor
-from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.error import ConnectionRefusedError, ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
-from golb.test.support import freePort, freePorts, listenBackend
+from golb.test.support import freePort, freePorts, listenBackend, rawConnect, rawRequest
 
 
 class Twistd(ProcessProtocol):
@@ -268,3 +271,152 @@ backend_pools:
         self.assertIn("the running configuration is unchanged", output)
         self.assertEqual((yield self.backendName(listen)), b"b2")
         self.assertNotIn("Traceback", output)
+
+
+class Streaming(Resource):
+    """
+    Streams C{chunks} pieces one C{interval} apart, then finishes.
+    """
+
+    isLeaf = True
+
+    def __init__(self, chunks=5, interval=1.0):
+        Resource.__init__(self)
+        self.chunks = chunks
+        self.interval = interval
+        self.calls = []
+
+    def render(self, request):
+        if request.path != b"/stream":
+            return b"ok"
+
+        def send(index):
+            if request._disconnected:
+                return
+            request.write(b"chunk %d\n" % (index,))
+            if index + 1 < self.chunks:
+                self.calls.append(reactor.callLater(self.interval, send, index + 1))
+            else:
+                request.finish()
+
+        send(0)
+        return NOT_DONE_YET
+
+    def cancel(self):
+        for call in self.calls:
+            if call.active():
+                call.cancel()
+
+
+class ShutdownTests(TestCase):
+    """
+    SIGTERM drains golb gracefully; twistd runs it as a daemon.
+    """
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_sigtermDrains(self):
+        """
+        SIGTERM during a 5 s streaming response: the response completes,
+        an idle keep-alive connection is closed at once, new connections are
+        refused, and golb exits 0 within the grace.
+        """
+        streaming = Streaming(chunks=5, interval=1.0)
+        self.addCleanup(streaming.cancel)
+        port, _ = listenBackend(self, streaming)
+        listen = freePort()
+        protocol, _ = runTwistd(self, f"""\
+listeners: [{{name: web, address: "127.0.0.1:{listen}"}}]
+backend_pools:
+  - name: default
+    backends: [{{url: "http://127.0.0.1:{port.getHost().port}"}}]
+shutdown: {{grace: 15s}}
+""")
+        yield protocol.ready
+        idle = yield rawConnect(self, listen)
+        idle.transport.write(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        # a keep-alive connection that got its answer and sits idle
+        stream = yield rawConnect(self, listen)
+        stream.transport.write(b"GET /stream HTTP/1.1\r\nHost: a\r\n\r\n")
+        yield stream.waitForBytes(b"chunk 0")
+        yield idle.waitForBytes(b"\r\n\r\nok")
+        started = reactor.seconds()
+        protocol.transport.signalProcess("TERM")
+        yield idle.lost
+        for _ in range(200):
+            if b"draining" in protocol.output:
+                break
+            yield deferLater(reactor, 0.02, lambda: None)
+        try:
+            yield rawConnect(self, listen)
+        except ConnectionRefusedError:
+            refused = True
+        else:
+            refused = False
+        self.assertTrue(refused, "a new connection was accepted while draining")
+        received = yield stream.lost
+        self.assertIn(b"chunk 4\n", received)
+        self.assertTrue(received.endswith(b"0\r\n\r\n"), received[-40:])
+        code = yield protocol.ended
+        self.assertEqual(code, 0, protocol.output.decode("utf-8", "replace")[-2000:])
+        self.assertLess(reactor.seconds() - started, 15)
+        self.assertIn(b"drained", protocol.output)
+        self.assertNotIn(b"Traceback", protocol.output)
+
+    @defer.inlineCallbacks
+    def test_daemon(self):
+        """
+        C{twistd --pidfile P --logfile L golb --config C} daemonizes: the
+        pidfile names the running process, golb logs to the file, and
+        SIGTERM stops it and removes the pidfile.
+        """
+        port, _ = listenBackend(self, name="b1")
+        listen = freePort()
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        pidfile = os.path.join(directory, "golb.pid")
+        logfile = os.path.join(directory, "golb.log")
+        config = os.path.join(directory, "golb.yaml")
+        with open(config, "w") as f:
+            f.write(f"""\
+listeners: [{{name: web, address: "127.0.0.1:{listen}"}}]
+backend_pools: [{{name: default, backends: [{{url: "http://127.0.0.1:{port.getHost().port}"}}]}}]
+monitoring: {{prometheus: {{enabled: false}}}}
+""")
+        launcher = Twistd()
+        launcher.ready.addErrback(lambda failure: None)  # the launcher only forks
+        argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                "--pidfile", pidfile, "--logfile", logfile, "golb", "--config", config]
+        reactor.spawnProcess(launcher, sys.executable, argv, env=dict(os.environ),
+                             path=directory)
+        code = yield launcher.ended
+        self.assertEqual(code, 0, launcher.output)
+        for _ in range(500):
+            if os.path.exists(pidfile) and os.path.exists(logfile) and \
+                    b"started from" in open(logfile, "rb").read():
+                break
+            yield deferLater(reactor, 0.02, lambda: None)
+        with open(pidfile) as f:
+            pid = int(f.read().strip())
+
+        def kill():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+        self.addCleanup(kill)
+        response = yield rawRequest(self, listen, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+                                    until=b"b1")
+        self.assertIn(b"200 OK", response)
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(500):
+            if not os.path.exists(pidfile):
+                break
+            yield deferLater(reactor, 0.02, lambda: None)
+        self.assertFalse(os.path.exists(pidfile))
+        with open(logfile, "rb") as f:
+            log = f.read()
+        self.assertIn(b"golb 0.1.0 started from", log)
+        self.assertIn(b"Server Shut Down.", log)

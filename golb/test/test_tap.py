@@ -5,7 +5,7 @@ Tests for L{golb.tap} and the twistd plugin.
 import io
 import os
 
-from twisted.application.service import IServiceMaker
+from twisted.application.service import IServiceMaker, Service
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.python.usage import UsageError
@@ -180,3 +180,107 @@ class MakeServiceTests(SynchronousTestCase):
             "ssl:port=8443:interface=127.0.0.1:certKey=/etc/golb/a\\:b.pem"
             ":privateKey=/etc/golb/a.key",
         )
+
+
+class _FakeTransport:
+    def __init__(self):
+        self.aborted = False
+
+    def abortConnection(self):
+        self.aborted = True
+
+
+class _BusyChannel:
+    """
+    A connection whose response never ends.
+    """
+
+    def __init__(self):
+        self.transport = _FakeTransport()
+        self.drained = False
+
+    def drain(self):
+        self.drained = True
+
+
+class _FakeSite:
+    def __init__(self):
+        self.openConnections = set()
+        self.openTunnels = set()
+
+
+class _FakeListener(Service):
+    def __init__(self, site):
+        self.factory = site
+        self.stopped = False
+
+    def stopService(self):
+        self.stopped = True
+        Service.stopService(self)
+
+
+class DrainTests(SynchronousTestCase):
+    """
+    L{GolbService} stops gracefully within C{shutdown.grace}.
+    """
+
+    def build(self):
+        from twisted.internet.task import Clock
+
+        from golb.app import Golb
+        from golb.config import parseConfig
+        from golb.tap import GolbService
+
+        config = parseConfig(
+            'listeners: [{name: web, address: "127.0.0.1:0"}]\n'
+            'backend_pools: [{name: default, backends: [{url: "http://127.0.0.1:1"}]}]\n'
+            "shutdown: {grace: 5s}\n", "test.yaml")
+        clock = Clock()
+        golb = Golb(config, reactor=clock, upstreamFactory=lambda b, p, c: None)
+        root = GolbService(golb, clock=clock)
+        site = _FakeSite()
+        listener = _FakeListener(site)
+        listener.setName("listener:web")
+        listener.setServiceParent(root)
+        other = Service()
+        other.setName("metrics")
+        other.setServiceParent(root)
+        root.startService()
+        return root, clock, site, listener, other
+
+    def test_graceOver(self):
+        """
+        Busy connections are asked to drain; when the grace is over they are
+        aborted, and only then do the other services stop.
+        """
+        root, clock, site, listener, other = self.build()
+        channel = _BusyChannel()
+        site.openConnections.add(channel)
+        d = root.stopService()
+        self.assertTrue(listener.stopped)
+        self.assertTrue(channel.drained)
+        self.assertNoResult(d)
+        self.assertTrue(other.running)
+        clock.advance(4.9)
+        self.assertFalse(channel.transport.aborted)
+        self.assertTrue(other.running)
+        clock.advance(0.2)
+        self.assertTrue(channel.transport.aborted)
+        self.successResultOf(d)
+        self.assertFalse(other.running)
+
+    def test_drainedEarly(self):
+        """
+        When the last connection closes before the grace, shutdown goes on
+        at once.
+        """
+        root, clock, site, listener, other = self.build()
+        channel = _BusyChannel()
+        site.openConnections.add(channel)
+        d = root.stopService()
+        clock.advance(1)
+        site.openConnections.discard(channel)
+        clock.advance(0.1)
+        self.successResultOf(d)
+        self.assertFalse(channel.transport.aborted)
+        self.assertFalse(other.running)
