@@ -169,7 +169,6 @@ class Golb:
         now = self.reactor.seconds()
         try:
             config = loadConfig(path)
-            self._checkReloadable(config)
             self.reload(config)
         except ConfigError as e:
             for problem in e.problems:
@@ -188,18 +187,6 @@ class Golb:
 
         self.log.info("reloaded {path}: {summary}", path=path, summary=summary(config))
         return True
-
-    def _checkReloadable(self, config) -> None:
-        """
-        Warn about what a reload cannot change while running.
-        """
-        old = {listener.name: listener for listener in self.config.listeners}
-        new = {listener.name: listener for listener in config.listeners}
-        if old != new:
-            self.log.warn(
-                "reload: listener changes (names, addresses, TLS, limits) take effect on restart;"
-                " the listeners keep their current settings"
-            )
 
     def _reloaded(self, at: float, ok: bool, problems) -> None:
         self.reloads += 1

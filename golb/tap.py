@@ -84,6 +84,15 @@ def listenerDescription(listener) -> str:
     return description
 
 
+def _networks(networks):
+    import ipaddress
+
+    return tuple(
+        ipaddress.ip_network(network) if isinstance(network, str) else network
+        for network in networks
+    )
+
+
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
 
@@ -111,6 +120,7 @@ class GolbService(MultiService):
         self.clock = clock
         self._previousHandler = None
         self._stopping = False
+        self._backgroundDrains = []
 
     def setServiceParent(self, parent):
         """
@@ -131,6 +141,7 @@ class GolbService(MultiService):
         self.log.info(
             "golb {version} started from {file}", version=__version__, file=config.filename
         )
+        self.golb.reloadObservers.append(self._reloaded)
         self._installSIGHUP()
         if self.reactor is not None:
             self.reactor.callWhenRunning(self._installShutdownSignals)
@@ -201,6 +212,70 @@ class GolbService(MultiService):
                       grace=self.golb.config.shutdown.grace)
         self.reactor.stop()
 
+    def _reloaded(self, ok: bool) -> None:
+        """
+        After a successful reload (SIGHUP or admin API): follow the
+        listeners' changes.
+        """
+        if ok and self.running and not self._stopping:
+            d = self.updateListeners()
+            d.addErrback(lambda f: self.log.failure("updating the listeners failed", f))
+
+    @defer.inlineCallbacks
+    def updateListeners(self):
+        """
+        Match the listening sockets to the current configuration: listeners
+        whose configuration did not change keep their sockets and
+        connections; new ones start listening; removed and changed ones stop
+        accepting and drain their connections (up to C{shutdown.grace}) in
+        the background, a changed one listening again with its new settings.
+        Every site learns the new C{trusted_proxies}.
+        """
+        config = self.golb.config
+        wanted = {listener.name: listener for listener in config.listeners}
+        current = {child.name[len("listener:"):]: child for child in self._listeners()}
+        trusted = _networks(config.trusted_proxies)
+        for name, child in current.items():
+            if getattr(child, "listenerConfig", None) == wanted.get(name):
+                if hasattr(child, "factory"):
+                    child.factory.trustedProxies = trusted
+                continue
+            self.log.info("listener {name}: {what}", name=name,
+                          what="changed, listening again" if name in wanted else "removed")
+            self.removeService(child)
+            yield defer.maybeDeferred(child.stopService)
+            if hasattr(child, "factory"):
+                self._drainInBackground(child.factory)
+        for name, listener in wanted.items():
+            if name in current and getattr(current[name], "listenerConfig", None) == listener:
+                continue
+            service = listenerService(self.golb, listener, self.clock)
+            service.setServiceParent(self)
+            if name not in current:
+                self.log.info("listener {name}: added on {address}", name=name,
+                              address=listener.endpointDescription())
+
+    def _drainInBackground(self, site) -> None:
+        """
+        Drain the connections of a listener that no longer listens.
+        """
+        for channel in list(site.openConnections):
+            drain = getattr(channel, "drain", None)
+            if drain is not None:
+                drain()
+        grace = self.golb.config.shutdown.grace
+
+        def abort():
+            for channel in list(site.openConnections):
+                if channel.transport is not None:
+                    channel.transport.abortConnection()
+            for tunnel in list(getattr(site, "openTunnels", ())):
+                tunnel.close()
+
+        if site.openConnections or getattr(site, "openTunnels", None):
+            call = self.clock.callLater(grace, abort)
+            self._backgroundDrains.append(call)
+
     def _listeners(self):
         return [child for child in self if (child.name or "").startswith("listener:")]
 
@@ -224,6 +299,11 @@ class GolbService(MultiService):
 
     @defer.inlineCallbacks
     def _stop(self):
+        for call in self._backgroundDrains:
+            if call.active():
+                call.cancel()
+                call.func()
+        self._backgroundDrains = []
         listeners = self._listeners()
         yield defer.DeferredList(
             [defer.maybeDeferred(child.stopService) for child in listeners], consumeErrors=True
@@ -311,6 +391,21 @@ def listenerSite(golb, listener, reactor, **overrides):
     return GolbSite(RoutingResource(golb, listener.name), **args)
 
 
+def listenerService(golb, listener, reactor) -> StreamServerEndpointService:
+    """
+    The service listening for one configured listener (named
+    C{listener:<name>}), serving a L{listenerSite}.  It remembers the
+    listener configuration it was built from as C{listenerConfig}.
+    """
+    site = listenerSite(golb, listener, reactor)
+    endpoint = serverFromString(reactor, listenerDescription(listener))
+    service = StreamServerEndpointService(endpoint, site)
+    service._raiseSynchronously = True
+    service.setName(f"listener:{listener.name}")
+    service.listenerConfig = listener
+    return service
+
+
 def makeService(options, reactor=None) -> GolbService:
     """
     Build golb's service tree from parsed L{Options}; nothing listens and no
@@ -332,12 +427,7 @@ def makeService(options, reactor=None) -> GolbService:
     root = GolbService(golb, reactor if signals else None, clock=reactor)
     root.serverOptions = getattr(options, "parent", None)
     for listener in config.listeners:
-        site = listenerSite(golb, listener, reactor)
-        endpoint = serverFromString(reactor, listenerDescription(listener))
-        service = StreamServerEndpointService(endpoint, site)
-        service._raiseSynchronously = True
-        service.setName(f"listener:{listener.name}")
-        service.setServiceParent(root)
+        listenerService(golb, listener, reactor).setServiceParent(root)
     if config.demo.backends > 0:
         demo = DemoService(config.demo.backends, config.demo.base_port, reactor=reactor)
         demo.setName("demo")
