@@ -75,6 +75,8 @@ class Golb:
     @ivar reloadFailures: those that failed and changed nothing.
     @ivar lastReload: C{{"at", "ok", "problems"}} of the last one, or L{None}.
     @ivar reloadObservers: callables told C{ok} after each reload attempt.
+    @ivar ready: whether the service tree has started (listeners bound) and
+        is not shutting down: the admin site's C{/readyz}.
     @ivar metrics: the L{golb.observe.metrics.Metrics} once metrics are on.
     @ivar observatory: the L{Observatory} that metrics, tracing and the
         access log plug into.
@@ -99,6 +101,7 @@ class Golb:
         self.runtime: Optional[Runtime] = None
         self.observatory = Observatory(reactor)
         self.metrics = None
+        self.ready = False
         self.reloads = 0
         self.reloadFailures = 0
         self.lastReload: Optional[dict] = None

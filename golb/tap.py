@@ -137,6 +137,7 @@ class GolbService(MultiService):
 
     def startService(self):
         MultiService.startService(self)
+        self.golb.ready = True
         config = self.golb.config
         self.log.info(
             "golb {version} started from {file}", version=__version__, file=config.filename
@@ -294,6 +295,7 @@ class GolbService(MultiService):
             signal.signal(signal.SIGHUP, self._previousHandler)
             self._previousHandler = None
         self._stopping = True
+        self.golb.ready = False
         Service.stopService(self)
         return self._stop()
 
@@ -414,6 +416,7 @@ def makeService(options, reactor=None) -> GolbService:
     signals = reactor is None
     if reactor is None:
         from twisted.internet import reactor
+    from golb.admin import AdminService
     from golb.app import Golb
     from golb.demo import DemoService
     from golb.discovery import DiscoveryService
@@ -428,6 +431,7 @@ def makeService(options, reactor=None) -> GolbService:
     root.serverOptions = getattr(options, "parent", None)
     for listener in config.listeners:
         listenerService(golb, listener, reactor).setServiceParent(root)
+    AdminService(golb, reactor).setServiceParent(root)
     if config.demo.backends > 0:
         demo = DemoService(config.demo.backends, config.demo.base_port, reactor=reactor)
         demo.setName("demo")

@@ -49,7 +49,8 @@ def runTwistd(testCase, configText, extra=()):
     """
     Run C{twistd -n golb} on C{configText} until the test ends.  Without a
     C{monitoring:} section, metrics go to a free loopback port (not the
-    default 9090, which parallel tests would share).
+    default 9090, which parallel tests would share); likewise the admin
+    site without an C{admin:} section.
 
     @return: C{(Twistd protocol, config path)}.
     """
@@ -57,6 +58,8 @@ def runTwistd(testCase, configText, extra=()):
         configText += (
             f"monitoring:\n  prometheus: {{address: \"127.0.0.1:{freePort()}\"}}\n"
         )
+    if "\nadmin:" not in configText:
+        configText += f"admin:\n  address: \"127.0.0.1:{freePort()}\"\n"
     path = testCase.mktemp()
     with open(path, "w") as f:
         f.write(configText)

@@ -134,8 +134,8 @@ class MakeServiceTests(SynchronousTestCase):
         """
         service, reactor = self.build()
         names = sorted(child.name for child in service)
-        self.assertEqual(names, ["access-log", "demo", "discovery", "health", "listener:alt",
-                                 "listener:web", "metrics", "tracing"])
+        self.assertEqual(names, ["access-log", "admin", "demo", "discovery", "health",
+                                 "listener:alt", "listener:web", "metrics", "tracing"])
         self.assertIs(service.getServiceNamed("health").golb, service.golb)
         self.assertIs(service.getServiceNamed("listener:web").factory.resource.golb,
                       service.golb)
@@ -153,7 +153,7 @@ class MakeServiceTests(SynchronousTestCase):
         service.startService()
         self.addCleanup(service.stopService)
         ports = sorted(server[0] for server in reactor.tcpServers)
-        self.assertEqual(ports, [0, 0, 3001, 3002, 9090])
+        self.assertEqual(ports, [0, 0, 3001, 3002, 8081, 9090])
 
     def test_tlsListenerDescription(self):
         """
