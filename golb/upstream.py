@@ -321,6 +321,13 @@ class _UpstreamProtocol(Protocol):
             exchange.protocol = None
             self._pool._connect(exchange)
             return
+        if self._pool._tls is not None and not self._received and _isTLSError(reason):
+            # Older Twisted (25.x, the newest on PyPy 3.9) reports the
+            # handshake complete before service-identity has verified the
+            # certificate; a failed verification then closes the connection
+            # with the request already written.
+            exchange.fail(_handshakeError(reason, self._pool))
+            return
         if parser is not None and self._received:
             why = "the backend closed the connection in the middle of the response head"
         else:
@@ -620,9 +627,9 @@ class _UpstreamProtocol(Protocol):
                     f"{backend}: TLS handshake timed out after {self._timeout:g}s"))
 
 
-def _handshakeError(reason: Failure, pool: "UpstreamPool") -> ConnectFailed:
+def _isTLSError(reason: Failure) -> bool:
     """
-    The error for a connection lost before it was ready (during TLS setup).
+    Whether C{reason} is a TLS failure (handshake or certificate check).
     """
     from OpenSSL.SSL import Error as SSLError
 
@@ -633,7 +640,14 @@ def _handshakeError(reason: Failure, pool: "UpstreamPool") -> ConnectFailed:
         pass
     else:
         tlsErrors.append(VerificationError)
-    if reason.check(*tlsErrors):
+    return bool(reason.check(*tlsErrors))
+
+
+def _handshakeError(reason: Failure, pool: "UpstreamPool") -> ConnectFailed:
+    """
+    The error for a connection lost before it was ready (during TLS setup).
+    """
+    if _isTLSError(reason):
         return UpstreamTLSFailed(
             f"{pool.backend}: TLS handshake failed: {reason.getErrorMessage()}")
     return ConnectFailed(
