@@ -3,6 +3,7 @@ Tests for L{golb.observe.tracing}: spans for real requests through a real
 golb, exported over OTLP to collectors running in the test.
 """
 
+import platform
 import threading
 
 import attr
@@ -512,17 +513,30 @@ class MethodTests(TracingTestCase):
         self.assertEqual(spans[trace.SpanKind.CLIENT].name, "HTTP")
 
 
+ON_PYPY = platform.python_implementation() == "PyPy"
+
+
+def assertGrpcRefusedOnPyPy(testCase):
+    """
+    On PyPy (no grpcio wheels, so golb does not depend on it there),
+    C{protocol: grpc} is refused when the service is built, with a message
+    pointing to C{protocol: http}: check that with the real imports.
+    """
+    golb = golbWith(testCase, "{enabled: true, protocol: grpc}")
+    e = testCase.assertRaises(TracingUnavailable, TracingService, golb, reactor)
+    testCase.assertIn("protocol: http", str(e))
+
+
 class GRPCTests(TracingTestCase):
     """
-    OTLP/gRPC export (CPython only: grpcio does not exist for PyPy).
+    OTLP/gRPC export on CPython; on PyPy, where grpcio does not exist, the
+    clear refusal of C{protocol: grpc} instead.
     """
 
     def setUp(self):
         TracingTestCase.setUp(self)
-        try:
-            import grpc  # noqa: F401
-        except ImportError:
-            self.skipTest("grpcio is not installed")
+        if not ON_PYPY:
+            import grpc  # noqa: F401 (a dependency on CPython: fail loudly without it)
 
     def listenGRPC(self):
         """
@@ -556,6 +570,8 @@ class GRPCTests(TracingTestCase):
         With C{protocol: grpc} and a C{host:port} endpoint, spans reach a
         plaintext OTLP/gRPC collector.
         """
+        if ON_PYPY:
+            return assertGrpcRefusedOnPyPy(self)
         grpcPort, spans = self.listenGRPC()
         self.endpoint = f"127.0.0.1:{grpcPort}"
         port, backend = listenBackend(self)
@@ -635,10 +651,10 @@ class ExporterTests(TestCase):
         """
         The real OTLP/gRPC exporter accepts what golb gives it.
         """
-        try:
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-        except ImportError:
-            self.skipTest("grpcio is not installed")
+        if ON_PYPY:
+            return assertGrpcRefusedOnPyPy(self)
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
         exporter = exporterFor(TracingConfig(enabled=True, endpoint="127.0.0.1:4317"))
         self.addCleanup(exporter.shutdown)
         self.assertIsInstance(exporter, OTLPSpanExporter)
