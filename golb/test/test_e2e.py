@@ -12,7 +12,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.error import ConnectionRefusedError, ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -423,3 +423,50 @@ monitoring: {{prometheus: {{enabled: false}}}}
             log = f.read()
         self.assertIn(b"golb 0.1.0 started from", log)
         self.assertIn(b"Server Shut Down.", log)
+
+
+class PrivilegeTests(TestCase):
+    """
+    twistd's C{--uid}/C{--gid}: listen on a low port as root, then serve as
+    an unprivileged user.
+    """
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_dropPrivileges(self):
+        """
+        Started as root with C{--uid nobody --gid nogroup}, golb serves on a
+        port below 1024 from a process running as nobody.
+        """
+        if os.getuid() != 0:
+            raise SkipTest("binding a port below 1024 and switching users needs root"
+                           " (CI runs as root)")
+        import pwd
+        import socket as socketModule
+
+        listen = None
+        for candidate in range(1000, 600, -1):
+            probe = socketModule.socket()
+            try:
+                probe.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            finally:
+                probe.close()
+            listen = candidate
+            break
+        port, _ = listenBackend(self, name="b1")
+        protocol, _ = runTwistd(self, f"""\
+listeners: [{{name: web, address: "127.0.0.1:{listen}"}}]
+backend_pools: [{{name: default, backends: [{{url: "http://127.0.0.1:{port.getHost().port}"}}]}}]
+""", extra=("--uid", "nobody", "--gid", "nogroup"))
+        yield protocol.ready
+        response = yield rawRequest(self, listen, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+                                    until=b"b1")
+        self.assertIn(b"200 OK", response)
+        pid = protocol.transport.pid
+        with open(f"/proc/{pid}/status") as f:
+            uids = [line.split()[1:] for line in f if line.startswith("Uid:")][0]
+        nobody = pwd.getpwnam("nobody").pw_uid
+        self.assertEqual({int(uid) for uid in uids}, {nobody})
