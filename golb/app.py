@@ -30,6 +30,20 @@ def _upstreamSettings(backend, poolConfig):
     )
 
 
+def _listenerTLSProblems(config) -> List[str]:
+    """
+    What keeps the HTTPS listeners of C{config} from serving: unreadable,
+    encrypted or mismatched certificate and key files (one line each).
+    """
+    from golb.tls import listenerTLSProblems
+
+    problems: List[str] = []
+    for listener in config.listeners:
+        if listener.tls is not None:
+            problems.extend(listenerTLSProblems(listener.tls, listener.name))
+    return problems
+
+
 def makeUpstream(reactor):
     """
     A factory for L{golb.pool.BackendRegistry}: builds each backend's
@@ -172,6 +186,9 @@ class Golb:
         now = self.reactor.seconds()
         try:
             config = loadConfig(path)
+            problems = _listenerTLSProblems(config)
+            if problems:
+                raise ConfigError(problems)
             self.reload(config)
         except ConfigError as e:
             for problem in e.problems:

@@ -158,6 +158,18 @@ class GolbRequest(Request):
                 break
         return str(last)
 
+    def tlsClientSubject(self) -> Optional[str]:
+        """
+        The subject of the client certificate verified on this request's
+        connection (RFC 4514, e.g. C{CN=alice,O=Example}), or L{None} on a
+        plain connection or without one.
+        """
+        if self._scheme != "https":
+            return None
+        from golb.tls import tlsClientSubject
+
+        return tlsClientSubject(self)
+
     def scheme(self) -> str:
         """
         C{"https"} when the client connection is TLS, else C{"http"}.

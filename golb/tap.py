@@ -72,16 +72,11 @@ class Options(usage.Options):
 
 def listenerDescription(listener) -> str:
     """
-    The Twisted server endpoint string for a listener: its C{endpoint}, else
-    its C{address}, TLS listeners served with their default certificate.
+    The Twisted server endpoint string a listener listens on: its
+    C{endpoint}, else its C{address}.  For a TLS listener this is the plain
+    endpoint under the TLS layer (see L{listenerService}).
     """
-    description = listener.endpointDescription()
-    tls = listener.tls
-    if tls is not None and listener.endpoint is None:
-        pair = tls.certificates[0]
-        description = "ssl:" + description.split(":", 1)[1]
-        description += f":certKey={_escape(pair.cert)}:privateKey={_escape(pair.key)}"
-    return description
+    return listener.endpointDescription()
 
 
 def _networks(networks):
@@ -91,10 +86,6 @@ def _networks(networks):
         ipaddress.ip_network(network) if isinstance(network, str) else network
         for network in networks
     )
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
 
 
 class GolbService(MultiService):
@@ -177,9 +168,21 @@ class GolbService(MultiService):
         """
         self.log.info("reloading {file}", file=self.golb.config.filename)
         ok = self.golb.reloadFile()
+        self.reloadCertificates()
         if ok and self.logObserver is not None:
             self.logObserver.setLevel(self.golb.config.monitoring.logging.level)
         return ok
+
+    def reloadCertificates(self) -> None:
+        """
+        Read the HTTPS listeners' certificate files again (SIGHUP): new
+        handshakes use them, open connections keep theirs; a broken file
+        keeps the current certificates (and is logged).
+        """
+        for child in self._listeners():
+            serverTLS = getattr(child, "serverTLS", None)
+            if serverTLS is not None:
+                serverTLS.reload()
 
     def _installShutdownSignals(self) -> None:
         """
@@ -250,7 +253,11 @@ class GolbService(MultiService):
         for name, listener in wanted.items():
             if name in current and getattr(current[name], "listenerConfig", None) == listener:
                 continue
-            service = listenerService(self.golb, listener, self.clock)
+            try:
+                service = listenerService(self.golb, listener, self.clock)
+            except Exception:
+                self.log.failure("listener {name}: cannot serve its new settings", name=name)
+                continue
             service.setServiceParent(self)
             if name not in current:
                 self.log.info("listener {name}: added on {address}", name=name,
@@ -390,21 +397,59 @@ def listenerSite(golb, listener, reactor, **overrides):
         observatory=golb.observatory,
     )
     args.update(overrides)
+    if listener.redirect_to_https is not None:
+        from golb.tls import HTTPSRedirect
+
+        return GolbSite(HTTPSRedirect(listener.redirect_to_https), **args)
     return GolbSite(RoutingResource(golb, listener.name), **args)
 
 
-def listenerService(golb, listener, reactor) -> StreamServerEndpointService:
+class ListenerService(StreamServerEndpointService):
+    """
+    The service of one listener.  An HTTPS listener's certificate checks
+    (C{reload_interval}) run while it runs.
+
+    @ivar serverTLS: the listener's L{golb.tls.ServerTLS}, or L{None}.
+    @ivar listenerConfig: the listener configuration it was built from.
+    """
+
+    serverTLS = None
+    listenerConfig = None
+
+    def startService(self):
+        StreamServerEndpointService.startService(self)
+        if self.serverTLS is not None:
+            self.serverTLS.startReloading()
+
+    def stopService(self):
+        if self.serverTLS is not None:
+            self.serverTLS.stopReloading()
+        return StreamServerEndpointService.stopService(self)
+
+
+def listenerService(golb, listener, reactor) -> ListenerService:
     """
     The service listening for one configured listener (named
-    C{listener:<name>}), serving a L{listenerSite}.  It remembers the
-    listener configuration it was built from as C{listenerConfig}.
+    C{listener:<name>}), serving a L{listenerSite}; HTTPS listeners through
+    L{golb.tls.ServerTLS}.
+
+    @raise golb.tls.TLSConfigError: a TLS listener's files cannot serve.
     """
     site = listenerSite(golb, listener, reactor)
-    endpoint = serverFromString(reactor, listenerDescription(listener))
-    service = StreamServerEndpointService(endpoint, site)
+    serverTLS = None
+    if listener.tls is not None:
+        from golb.tls import serverTLSFactory, tlsEndpoint
+
+        serverTLS = serverTLSFactory(listener.tls, listener.name, reactor)
+        endpoint = tlsEndpoint(reactor, listener, serverTLS)
+    else:
+        endpoint = serverFromString(reactor, listenerDescription(listener))
+    service = ListenerService(endpoint, site)
     service._raiseSynchronously = True
     service.setName(f"listener:{listener.name}")
     service.listenerConfig = listener
+    service.serverTLS = serverTLS
+    site.serverTLS = serverTLS
     return service
 
 
@@ -429,8 +474,14 @@ def makeService(options, reactor=None) -> GolbService:
     golb = Golb(config, reactor=reactor)
     root = GolbService(golb, reactor if signals else None, clock=reactor)
     root.serverOptions = getattr(options, "parent", None)
+    from golb.tls import TLSConfigError
+
     for listener in config.listeners:
-        listenerService(golb, listener, reactor).setServiceParent(root)
+        try:
+            service = listenerService(golb, listener, reactor)
+        except TLSConfigError as e:
+            raise SystemExit("\n".join(f"golb: {problem}" for problem in e.problems)) from None
+        service.setServiceParent(root)
     AdminService(golb, reactor).setServiceParent(root)
     if config.demo.backends > 0:
         demo = DemoService(config.demo.backends, config.demo.base_port, reactor=reactor)

@@ -402,13 +402,18 @@ class AccessLogObserver(Observer):
 
     def requestStarted(self, record, request) -> None:
         """
-        Remember the user named by Basic credentials, if any.
+        Remember the user named by Basic credentials, and the verified TLS
+        client certificate's subject, if any.
         """
         auth = request.requestHeaders.getRawHeaders(b"authorization")
         if auth:
             user = _basicUser(auth[0])
             if user is not None:
                 record.extra["user"] = user
+        subject = getattr(request, "tlsClientSubject", None)
+        subject = subject() if subject is not None else None
+        if subject:
+            record.extra["tls_client"] = subject
 
     def requestFinished(self, record) -> None:
         """
@@ -521,7 +526,8 @@ class AccessLogObserver(Observer):
             f'"trace_id":{_jsonString(record.traceId)},'
             f'"span_id":{_jsonString(record.spanId)},'
             f'"user_agent":{_jsonString(record.userAgent)},'
-            f'"referer":{_jsonString(record.referer)}}}\n'
+            f'"referer":{_jsonString(record.referer)},'
+            f'"tls_client":{_jsonString(record.extra.get("tls_client"))}}}\n'
         )
 
 
@@ -529,7 +535,7 @@ _JSON_KEYS = (
     "time", "listener", "client", "user", "method", "target", "version", "host",
     "status", "bytes_in", "bytes_out", "duration", "upstream_time", "route", "pool",
     "backend", "attempts", "retries", "error", "aborted", "trace_id", "span_id",
-    "user_agent", "referer",
+    "user_agent", "referer", "tls_client",
 )
 
 # The keys of a JSON access log line (rejected requests add "rejected": true).

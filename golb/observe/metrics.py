@@ -328,6 +328,7 @@ class GolbCollector:
         yield from self._backendFamilies()
         yield from self._healthFamilies()
         yield from self._serviceFamilies()
+        yield from self._tlsFamilies()
 
     def _requestFamilies(self):
         observer = self.observer
@@ -545,6 +546,27 @@ class GolbCollector:
         info.add_metric([__version__, platform.python_implementation(),
                          platform.python_version()], 1)
         yield info
+
+
+    def _tlsFamilies(self):
+        expiry = _gauge(
+            "golb_tls_certificate_expiry_seconds",
+            "Seconds until each HTTPS listener certificate's notAfter (negative: expired).",
+            ["listener", "certificate"])
+        reloads = _counter(
+            "golb_tls_certificate_reloads_total",
+            "Certificate reloads of HTTPS listeners (SIGHUP, reload_interval), by result.",
+            ["listener", "result"])
+        for name, site in sorted(self.sites.items()):
+            serverTLS = getattr(site, "serverTLS", None)
+            if serverTLS is None:
+                continue
+            for _, label, seconds in serverTLS.certificateExpiries():
+                expiry.add_metric([name, label], seconds)
+            reloads.add_metric([name, "success"], serverTLS.reloads)
+            reloads.add_metric([name, "failure"], serverTLS.reloadFailures)
+        yield expiry
+        yield reloads
 
 
 class Metrics:

@@ -67,6 +67,8 @@ PLACEHOLDERS: Dict[str, str] = {
     "host": "the request's Host, without its port",
     "scheme": "http or https, as the client connected to golb",
     "route": "the name of the route (empty for unnamed routes)",
+    "tls_client_subject": "the verified TLS client certificate's subject (RFC 4514);"
+                          " empty without one",
 }
 
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
@@ -102,6 +104,9 @@ def _placeholderValue(name: str) -> Callable[[object, object], bytes]:
         return lambda request, context: requestHost(request)
     if name == "scheme":
         return lambda request, context: request.scheme().encode("ascii")
+    if name == "tls_client_subject":
+        return lambda request, context: _CONTROL.sub(
+            "", request.tlsClientSubject() or "").encode("utf-8")
     return lambda request, context: _CONTROL.sub("", context.route).encode("utf-8")
 
 

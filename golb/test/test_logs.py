@@ -364,7 +364,7 @@ class AccessLogFormatTests(SynchronousTestCase):
             "duration": 0.25, "upstream_time": 0.125, "route": "api", "pool": "web",
             "backend": "10.0.0.1:3001", "attempts": 1, "retries": 0, "error": None,
             "aborted": False, "trace_id": "ab12", "span_id": "cd34",
-            "user_agent": "curl/8.0", "referer": "https://example.com/",
+            "user_agent": "curl/8.0", "referer": "https://example.com/", "tls_client": None,
         })
         self.assertEqual(tuple(line), jsonFields)
 

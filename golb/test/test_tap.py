@@ -155,31 +155,38 @@ class MakeServiceTests(SynchronousTestCase):
         ports = sorted(server[0] for server in reactor.tcpServers)
         self.assertEqual(ports, [0, 0, 3001, 3002, 8081, 9090])
 
-    def test_tlsListenerDescription(self):
+    def test_tlsListener(self):
         """
-        A TLS listener is served on an C{ssl:} endpoint with its first
-        certificate.
+        An HTTPS listener is served through L{golb.tls.ServerTLS} over its
+        plain endpoint; its certificates are loaded when the tree is built,
+        and broken ones stop twistd with one line per problem.
         """
+        from golb.test.test_tls import ServerPKI
+        from golb.tls import ServerTLS
 
-        class Pair:
-            cert = "/etc/golb/a:b.pem"
-            key = "/etc/golb/a.key"
-
-        class TLS:
-            certificates = [Pair]
-
-        class Listener:
-            endpoint = None
-            tls = TLS
-
-            def endpointDescription(self):
-                return "tcp:port=8443:interface=127.0.0.1"
-
-        self.assertEqual(
-            listenerDescription(Listener()),
-            "ssl:port=8443:interface=127.0.0.1:certKey=/etc/golb/a\\:b.pem"
-            ":privateKey=/etc/golb/a.key",
-        )
+        pki = ServerPKI(os.path.abspath(self.mktemp()))
+        pair = pki.a.pair
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(f"""\
+listeners:
+  - name: secure
+    address: "127.0.0.1:0"
+    tls: {{certificates: [{{cert: "{pair.cert}", key: "{pair.key}"}}]}}
+backend_pools: [{{name: default, backends: [{{url: "http://127.0.0.1:1"}}]}}]
+""")
+        options = Options()
+        options.parseOptions(["--config", path])
+        service = makeService(options, reactor=MemoryReactorClock())
+        listener = service.getServiceNamed("listener:secure")
+        self.assertIsInstance(listener.serverTLS, ServerTLS)
+        self.assertIs(listener.factory.serverTLS, listener.serverTLS)
+        self.assertEqual(listenerDescription(listener.listenerConfig),
+                         "tcp:port=0:interface=127.0.0.1")
+        with open(pair.key, "w") as f:
+            f.write("not a key\n")
+        e = self.assertRaises(SystemExit, makeService, options, reactor=MemoryReactorClock())
+        self.assertIn(pair.key, str(e))
 
 
 class _FakeTransport:
