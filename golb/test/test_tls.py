@@ -11,6 +11,7 @@ library's L{ssl}) as the client.
 import datetime
 import os
 import ssl as stdlibssl
+import time
 
 import attr
 from cryptography import x509
@@ -1259,3 +1260,39 @@ policies:
 
         [line] = [json.loads(line) for line in lines]
         self.assertEqual(line["tls_client"], "CN=alice,O=golb tests")
+
+
+class CertificateMetricsTests(TLSTestCase):
+    """
+    The metrics show each HTTPS certificate's time left and its reloads.
+    """
+
+    def test_expiry(self):
+        """
+        C{golb_tls_certificate_expiry_seconds} gives, per listener and
+        certificate, the seconds until notAfter; reloads are counted.
+        """
+        from golb.observe.metrics import Metrics
+        from golb.test.test_metrics import value
+
+        serverTLS = ServerTLS(self.certs.tlsConfig(), "web", reactor)
+
+        class Site:
+            openConnections = ()
+
+        site = Site()
+        site.serverTLS = serverTLS
+        golb = Golb(parseConfig("""
+listeners: [{name: web, address: "127.0.0.1:0"}]
+backend_pools: [{name: default, backends: [{url: "http://127.0.0.1:1"}]}]
+""", "t.yaml"), reactor=reactor, upstreamFactory=lambda b, p, c: None)
+        metrics = Metrics(golb, reactor)
+        metrics.sites["web"] = site
+        serverTLS.reload()
+        text = metrics.exposition()[0].decode("utf-8")
+        left = value(text, "golb_tls_certificate_expiry_seconds", listener="web",
+                     certificate="a.example")
+        notAfter = self.certs.a.certificate.not_valid_after_utc.timestamp()
+        self.assertLess(abs(left - (notAfter - time.time())), 60)
+        self.assertEqual(value(text, "golb_tls_certificate_reloads_total", listener="web",
+                               result="success"), 1)
