@@ -291,3 +291,50 @@ class DrainTests(SynchronousTestCase):
         self.successResultOf(d)
         self.assertFalse(channel.transport.aborted)
         self.assertFalse(other.running)
+
+
+class ListenerReloadTests(SynchronousTestCase):
+    """
+    A reload follows the listeners' changes.
+    """
+
+    CONFIG = """\
+listeners:
+{listeners}backend_pools: [{{name: default, backends: [{{url: "http://127.0.0.1:1"}}]}}]
+admin: {{enabled: false}}
+monitoring: {{prometheus: {{enabled: false}}}}
+"""
+
+    def write(self, path, *listeners):
+        lines = "".join(f'  - {{name: {name}, address: "127.0.0.1:{port}"}}\n'
+                        for name, port in listeners)
+        with open(path, "w") as f:
+            f.write(self.CONFIG.format(listeners=lines))
+
+    def test_addRemoveChange(self):
+        """
+        An unchanged listener keeps its service (and socket), a removed one
+        stops listening, a changed one listens again on its new address, a
+        new one starts listening.
+        """
+        path = self.mktemp()
+        self.write(path, ("keep", 8001), ("gone", 8002), ("moved", 8003))
+        options = Options()
+        options.parseOptions(["--config", path])
+        reactor = MemoryReactorClock()
+        service = makeService(options, reactor=reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        keep = service.getServiceNamed("listener:keep")
+        gone = service.getServiceNamed("listener:gone")
+        self.write(path, ("keep", 8001), ("moved", 8013), ("new", 8004))
+        self.assertTrue(service.golb.reloadFile())
+        names = sorted(child.name for child in service if child.name.startswith("listener:"))
+        self.assertEqual(names, ["listener:keep", "listener:moved", "listener:new"])
+        self.assertIs(service.getServiceNamed("listener:keep"), keep)
+        self.assertFalse(gone.running)
+        self.assertTrue(service.getServiceNamed("listener:new").running)
+        ports = [port for port, *_ in reactor.tcpServers]
+        self.assertEqual(ports, [8001, 8002, 8003, 8013, 8004])
+        self.assertEqual(service.getServiceNamed("listener:moved").listenerConfig.address.port,
+                         8013)
