@@ -88,6 +88,8 @@ class GolbRequest(Request):
     @ivar bodyLength: how many body bytes have been received so far (all of
         them once the resource is called); the body is C{self.content}.
     @ivar listenerName: the name of the listener that received the request.
+    @ivar originalHost: the client's C{Host} values before policies ran
+        (L{None} when the route has none).
 
     Unlike Twisted's, a response gets no default C{Content-Type}: a proxied
     response keeps exactly the headers its backend sent.
@@ -98,6 +100,7 @@ class GolbRequest(Request):
     bodyLength = 0
     record = None
     receivedAt = 0.0
+    originalHost = None
     _clientAddress: Optional[str] = None
     _scheme = "http"
 

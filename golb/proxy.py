@@ -117,19 +117,25 @@ class ProxyHeaders:
         """
         incoming = request.requestHeaders
         drop = _connectionTokens(incoming.getRawHeaders(b"connection"))
+        peer = request.getClientAddress()
+        peerHost = getattr(peer, "host", "") or ""
+        trusted = self._trusted(peerHost)
+        # X-Forwarded-Prefix is believed from trusted proxies, or when a
+        # rewrite policy of golb's set it; anyone else's is dropped.
+        keepPrefix = trusted or bool(getattr(request, "_golbStrippedPrefix", None))
         headers = []
         for name, values in incoming.getAllRawHeaders():
             lower = name.lower()
             if lower in _REQUEST_OWN or lower in drop:
                 continue
+            if lower == b"x-forwarded-prefix" and not keepPrefix:
+                continue
             for value in values:
                 headers.append((name, value))
 
-        peer = request.getClientAddress()
-        peerHost = getattr(peer, "host", "") or ""
-        trusted = self._trusted(peerHost)
         proto = b"https" if request.isSecure() else b"http"
-        hostValues = incoming.getRawHeaders(b"host")
+        # the Host the client asked for, even when a policy changed it since
+        hostValues = getattr(request, "originalHost", None) or incoming.getRawHeaders(b"host")
         host = hostValues[0] if hostValues else b""
 
         xff = incoming.getRawHeaders(b"x-forwarded-for") if trusted else None
@@ -312,9 +318,14 @@ class Exchange:
         backend.requests += 1
         pool.inFlight += 1
         host = None
+        values = self.request.requestHeaders.getRawHeaders(b"host")
         if self.config.preserve_host:
-            values = self.request.requestHeaders.getRawHeaders(b"host")
             if values:
+                host = values[0]
+        else:
+            # a Host set by a headers policy wins over preserve_host: false
+            original = getattr(self.request, "originalHost", None)
+            if values and original is not None and values != original:
                 host = values[0]
         if host is None:
             host = backend.hostHeader

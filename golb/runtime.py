@@ -143,6 +143,7 @@ class Runtime:
             self._forward(request, route, listenerName, None)
             return
         context = Context(route.name or "", originForm(request.uri))
+        request.originalHost = request.requestHeaders.getRawHeaders(b"host")
         try:
             result = chain.runRequest(request, context)
         except Exception:

@@ -369,18 +369,35 @@ routing_rules:
     @defer.inlineCallbacks
     def test_setHost(self):
         """
-        C{set: {Host: ...}} changes the Host the backend receives.
+        C{set: {Host: ...}} changes the Host the backend receives, also with
+        C{preserve_host: false}; X-Forwarded-Host and Forwarded keep the
+        client's.
         """
-        self.start("""\
+        golb = self.start("""\
   - headers: {request: {set: {Host: internal.example}}}
 """)
-        data = yield rawRequest(
-            self, self.port,
-            b"GET /x HTTP/1.1\r\nHost: public.example\r\nConnection: close\r\n\r\n",
-        )
-        [(status, headers, body)] = parseResponses(data)
-        self.assertIn(b"\nHost: internal.example\n", body)
-        self.assertNotIn(b"Host: public.example\n", body.replace(b"X-Forwarded-", b""))
+        for preserve in (True, False):
+            if not preserve:
+                from golb.config import parseConfig
+
+                config = parseConfig(f"""\
+listeners: [{{name: web, address: "127.0.0.1:0"}}]
+backend_pools:
+  - name: default
+    preserve_host: false
+    backends: [{{url: "http://127.0.0.1:{golb.pools['default'].backends[0].port}"}}]
+policies:
+  - headers: {{request: {{set: {{Host: internal.example}}}}}}
+""", "test.yaml")
+                golb.reload(config)
+            data = yield rawRequest(
+                self, self.port,
+                b"GET /x HTTP/1.1\r\nHost: public.example\r\nConnection: close\r\n\r\n",
+            )
+            [(status, headers, body)] = parseResponses(data)
+            self.assertIn(b"\nHost: internal.example\n", body)
+            self.assertIn(b"\nX-Forwarded-Host: public.example\n", body)
+            self.assertIn(b'host="public.example"', body)
 
     @defer.inlineCallbacks
     def test_responseEdits(self):

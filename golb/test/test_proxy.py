@@ -139,9 +139,11 @@ class ForwardingTests(ProxyTestCase):
                 b"Keep-Alive": [b"timeout=5"],
                 b"Host": [b"example.com"],
                 b"X-Kept": [b"end-to-end"],
+                b"X-Forwarded-Prefix": [b"/spoofed"],
             },
         )
         lines = body.decode("latin-1").split("\n\n")[1].splitlines()
+        self.assertNotIn("spoofed", body.decode("latin-1"))
         self.assertIn("X-Forwarded-For: 127.0.0.1", lines)
         self.assertNotIn("6.6.6.6", body.decode("latin-1"))
         self.assertIn("X-Forwarded-Proto: http", lines)
@@ -163,8 +165,10 @@ class ForwardingTests(ProxyTestCase):
             self, "trusted_proxies: ['127.0.0.0/8']\n" + poolYAML(port.getHost().port)
         )
         self.base = f"http://127.0.0.1:{listening.getHost().port}"
-        response, body = yield self.get("/", headers={b"X-Forwarded-For": [b"10.1.2.3"]})
+        response, body = yield self.get("/", headers={b"X-Forwarded-For": [b"10.1.2.3"],
+                                                      b"X-Forwarded-Prefix": [b"/outer"]})
         self.assertIn(b"X-Forwarded-For: 10.1.2.3, 127.0.0.1\n", body)
+        self.assertIn(b"X-Forwarded-Prefix: /outer\n", body)
 
     @defer.inlineCallbacks
     def test_rewriteHost(self):
