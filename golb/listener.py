@@ -145,11 +145,20 @@ class GolbRequest(Request):
         peerHost = getattr(self.client, "host", None)
         if peerHost is None:
             return ""
-        peer = parseAddress(peerHost)
+        trusted = self._trustedProxies
+        channel = getattr(self, "channel", None)
+        cached = getattr(channel, "_golbPeer", None)
+        if cached is not None and cached[0] == peerHost and cached[1] is trusted:
+            peer, peerTrusted = cached[2], cached[3]
+        else:
+            peer = parseAddress(peerHost)
+            peerTrusted = peer is not None and bool(trusted) and _isTrusted(peer, trusted)
+            if channel is not None:
+                # the peer of a connection does not change: parse it once
+                channel._golbPeer = (peerHost, trusted, peer, peerTrusted)
         if peer is None:
             return peerHost
-        trusted = self._trustedProxies
-        if not trusted or not _isTrusted(peer, trusted):
+        if not peerTrusted:
             return str(peer)
         last = peer
         for hop in reversed(_forwardedFor(self.requestHeaders)):

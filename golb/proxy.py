@@ -11,7 +11,7 @@ never buffered: a slow client pauses the backend connection.
 """
 
 import ipaddress
-from typing import Iterable, List, Optional, Set, Tuple
+from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
@@ -76,7 +76,25 @@ def _connectionTokens(values: Optional[List[bytes]]) -> Set[bytes]:
     return tokens
 
 
+_NODES: Dict[str, bytes] = {}
+
+
 def _forwardedNode(host: str) -> bytes:
+    """
+    The RFC 7239 node for a peer address (quoted and bracketed for IPv6),
+    remembered for the addresses seen recently (the same clients come back
+    for every request on their connections).
+    """
+    node = _NODES.get(host)
+    if node is None:
+        node = _computeNode(host)
+        if len(_NODES) >= 4096:
+            _NODES.clear()
+        _NODES[host] = node
+    return node
+
+
+def _computeNode(host: str) -> bytes:
     try:
         address = ipaddress.ip_address(host)
     except ValueError:

@@ -175,19 +175,23 @@ class Observatory:
         path skips every call.
     """
 
+    _HOOKS = ("requestStarted", "attemptStarted", "attemptFinished", "requestFinished",
+              "requestRejected")
+
     def __init__(self, reactor=None):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
         self.observers: List[IObserver] = []
         self.active = False
+        self._hooks: Dict[str, List[object]] = {name: [] for name in self._HOOKS}
 
     def add(self, observer: IObserver) -> None:
         """
         Plug in C{observer}.
         """
         self.observers.append(observer)
-        self.active = True
+        self._rebuild()
 
     def remove(self, observer: IObserver) -> None:
         """
@@ -195,12 +199,25 @@ class Observatory:
         """
         if observer in self.observers:
             self.observers.remove(observer)
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        """
+        Bind, per hook, the observers that do something in it (an
+        L{Observer} subclass that does not override a method is skipped).
+        """
         self.active = bool(self.observers)
+        for name in self._HOOKS:
+            base = getattr(Observer, name)
+            self._hooks[name] = [
+                (observer, getattr(observer, name)) for observer in self.observers
+                if getattr(type(observer), name, None) is not base
+            ]
 
     def _each(self, method: str, *args) -> None:
-        for observer in self.observers:
+        for observer, hook in self._hooks[method]:
             try:
-                getattr(observer, method)(*args)
+                hook(*args)
             except Exception:
                 log.failure("observer {observer!r} failed in {method}",
                             observer=observer, method=method)
@@ -223,7 +240,8 @@ class Observatory:
             bytesIn=getattr(request, "bodyLength", 0),
         )
         request.record = record
-        self._each("requestStarted", record, request)
+        if self._hooks["requestStarted"]:
+            self._each("requestStarted", record, request)
         return record
 
     def attemptStarted(self, record: Record, pool: str, backend, headers) -> Attempt:
@@ -235,7 +253,8 @@ class Observatory:
         record.pool = pool
         record.backend = backend.id
         attempt = Attempt(pool, backend, record.attempts, self.reactor.seconds())
-        self._each("attemptStarted", record, attempt, headers)
+        if self._hooks["attemptStarted"]:
+            self._each("attemptStarted", record, attempt, headers)
         return attempt
 
     def attemptFinished(self, record: Record, attempt: Attempt, status: int = 0,
