@@ -219,6 +219,18 @@ class Golb:
             except Exception:
                 self.log.failure("reload observer {observer!r} failed", observer=observer)
 
+    def listenerProblems(self, problems) -> None:
+        """
+        The listeners could not all follow the last reload: it counts as
+        failed (the rest of the new configuration is in place).
+        """
+        for problem in problems:
+            self.log.error("reload: {problem}", problem=problem)
+        if self.lastReload is not None and self.lastReload.get("ok"):
+            self.reloadFailures += 1
+            self.lastReload = dict(self.lastReload, ok=False,
+                                   problems=list(self.lastReload["problems"]) + list(problems))
+
     def setMembers(self, poolName: str, members: Members) -> None:
         """
         Replace the members of the discovered pool C{poolName}, in place in

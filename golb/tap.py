@@ -79,6 +79,33 @@ def listenerDescription(listener) -> str:
     return listener.endpointDescription()
 
 
+def _sameSocket(old, new) -> bool:
+    """
+    Whether two configurations of a listener can share its socket: same
+    address or endpoint, TLS, redirect, PROXY protocol and HTTP/2 settings.
+    """
+    return (
+        old.endpointDescription() == new.endpointDescription()
+        and old.tls == new.tls
+        and old.redirect_to_https == new.redirect_to_https
+        and old.proxy_protocol == new.proxy_protocol
+        and old.http2 == new.http2
+    )
+
+
+def _applyLimits(site, listener) -> None:
+    """
+    Give a listener's site new limits and timeouts, for its new connections.
+    """
+    if site is None:
+        return
+    site.maxHeaderBytes = listener.max_header_bytes
+    site.maxBodyBytes = listener.max_body_bytes
+    site.requestHeaderTimeout = listener.timeouts.request_header
+    site.idleTimeout = listener.timeouts.idle
+    site.timeOut = listener.timeouts.idle
+
+
 def _networks(networks):
     import ipaddress
 
@@ -228,40 +255,71 @@ class GolbService(MultiService):
     @defer.inlineCallbacks
     def updateListeners(self):
         """
-        Match the listening sockets to the current configuration: listeners
-        whose configuration did not change keep their sockets and
-        connections; new ones start listening; removed and changed ones stop
-        accepting and drain their connections (up to C{shutdown.grace}) in
-        the background, a changed one listening again with its new settings.
-        Every site learns the new C{trusted_proxies}.
+        Match the listening sockets to the current configuration:
+
+          - a listener whose configuration did not change keeps its socket
+            and connections;
+          - one whose socket settings (address or endpoint, TLS, redirect,
+            PROXY protocol) did not change keeps its socket too, its new
+            limits and timeouts applying to new connections;
+          - a removed one stops accepting and drains its connections (up to
+            C{shutdown.grace}) in the background;
+          - one whose socket settings changed is removed that way, then
+            listens again with its new settings;
+          - a new one starts listening.
+
+        Every site learns the new C{trusted_proxies}.  A listener that cannot
+        listen is logged and makes the reload count as failed.
         """
         config = self.golb.config
         wanted = {listener.name: listener for listener in config.listeners}
         current = {child.name[len("listener:"):]: child for child in self._listeners()}
         trusted = _networks(config.trusted_proxies)
+        kept = set()
+        problems = []
         for name, child in current.items():
-            if getattr(child, "listenerConfig", None) == wanted.get(name):
-                if hasattr(child, "factory"):
-                    child.factory.trustedProxies = trusted
+            old = getattr(child, "listenerConfig", None)
+            new = wanted.get(name)
+            site = getattr(child, "factory", None)
+            if site is not None:
+                site.trustedProxies = trusted
+            if new == old:
+                kept.add(name)
+                continue
+            if new is not None and old is not None and _sameSocket(old, new):
+                _applyLimits(site, new)
+                child.listenerConfig = new
+                kept.add(name)
+                self.log.info("listener {name}: new limits and timeouts, same socket",
+                              name=name)
                 continue
             self.log.info("listener {name}: {what}", name=name,
-                          what="changed, listening again" if name in wanted else "removed")
-            self.removeService(child)
-            yield defer.maybeDeferred(child.stopService)
-            if hasattr(child, "factory"):
-                self._drainInBackground(child.factory)
+                          what="changed, listening again" if new is not None else "removed")
+            try:
+                yield self.removeService(child)
+            except Exception:
+                self.log.failure("listener {name}: stopping it failed", name=name)
+            if site is not None:
+                self._drainInBackground(site)
         for name, listener in wanted.items():
-            if name in current and getattr(current[name], "listenerConfig", None) == listener:
+            if name in kept:
                 continue
+            service = None
             try:
                 service = listenerService(self.golb, listener, self.clock)
-            except Exception:
-                self.log.failure("listener {name}: cannot serve its new settings", name=name)
+                service.setServiceParent(self)
+            except Exception as e:
+                self.log.failure("listener {name}: cannot listen with its new settings",
+                                 name=name)
+                problems.append(f"listener {name}: cannot listen: {e}")
+                if service is not None and service.parent is self:
+                    self.removeService(service)
                 continue
-            service.setServiceParent(self)
             if name not in current:
                 self.log.info("listener {name}: added on {address}", name=name,
                               address=listener.endpointDescription())
+        if problems:
+            self.golb.listenerProblems(problems)
 
     def _drainInBackground(self, site) -> None:
         """

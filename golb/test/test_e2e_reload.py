@@ -167,3 +167,77 @@ monitoring:
         self.assertEqual(response.headers.getRawHeaders(b"x-demo-backend"), [b"new"])
         self.assertNotIn(b"Traceback", protocol.output)
         self.assertTrue(os.path.exists(path))
+
+
+class ListenerReloadTests(TestCase):
+    """
+    SIGHUP with changed listeners, through twistd.
+    """
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_changedAndRemoved(self):
+        """
+        A listener whose limits change keeps its socket (an open keep-alive
+        connection goes on working and new connections are accepted); a
+        listener moved to a new port serves there and no longer on the old
+        one; a removed listener stops accepting.
+        """
+        from twisted.internet.error import ConnectionRefusedError
+
+        from golb.test.support import rawRequest
+
+        backend, _ = listenBackend(self, name="b1")
+        web, moved, movedTo, gone = freePort(), freePort(), freePort(), freePort()
+
+        def config(webIdle, movedPort, withGone):
+            text = f"""\
+listeners:
+  - {{name: web, address: "127.0.0.1:{web}", timeouts: {{idle: {webIdle}}}}}
+  - {{name: moved, address: "127.0.0.1:{movedPort}"}}
+"""
+            if withGone:
+                text += f'  - {{name: gone, address: "127.0.0.1:{gone}"}}\n'
+            return text + f"""\
+backend_pools: [{{name: default, backends: [{{url: "http://127.0.0.1:{backend.getHost().port}"}}]}}]
+"""
+
+        protocol, path = runTwistd(self, config("60s", moved, True))
+        yield protocol.ready
+        kept = yield rawConnect(self, web)
+        kept.transport.write(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n")
+        yield kept.waitForBytes(b"b1")
+        with open(path) as f:
+            monitoring = f.read().split("backend_pools:", 1)[1].split("\n", 1)[1]
+        with open(path, "w") as f:
+            f.write(config("30s", movedTo, False) + monitoring)
+        protocol.transport.signalProcess("HUP")
+        for _ in range(250):
+            if b"reloaded" in protocol.output and b"listener gone: removed" in protocol.output:
+                break
+            yield deferLater(reactor, 0.02, lambda: None)
+        kept.transport.write(b"GET /2 HTTP/1.1\r\nHost: a\r\n\r\n")
+        yield kept.waitForBytes(b"b1", 2)
+        for port in (web, movedTo):
+            for _ in range(250):
+                try:
+                    response = yield rawRequest(self, port, b"GET / HTTP/1.1\r\nHost: a\r\n"
+                                                b"Connection: close\r\n\r\n")
+                except ConnectionRefusedError:
+                    yield deferLater(reactor, 0.02, lambda: None)
+                    continue
+                break
+            self.assertIn(b"200 OK", response)
+        for port in (moved, gone):
+            for _ in range(250):
+                try:
+                    yield rawConnect(self, port)
+                except ConnectionRefusedError:
+                    break
+                yield deferLater(reactor, 0.02, lambda: None)
+            else:
+                self.fail(f"port {port} still accepts connections")
+        self.assertIn(b"listener web: new limits and timeouts, same socket", protocol.output)
+        self.assertNotIn(b"Traceback", protocol.output)
+        self.assertNotIn(b"cannot listen", protocol.output)
