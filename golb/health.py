@@ -177,12 +177,22 @@ def recordProbe(backend, config, result: ProbeResult, now: float) -> None:
     health = backend.health
     health.lastResult = result
     health.history.append(result)
+    if not health.since:
+        # the first verdict: the state it is in holds since now
+        health.since = now
     if result.ok:
         health.passes += 1
         health.fails = 0
         if health.status == "down" and health.passes >= config.healthy_threshold:
             health.status = "up"
             _settle(backend, now, f"{health.passes} probes passed in a row ({result.detail})")
+        elif health.awaitingProbe:
+            pass
+        elif health.status == "up" and not health.ejected:
+            health.reason = f"last probe passed ({result.detail})"
+        elif health.status == "down":
+            health.reason = (f"down: {health.passes} of {config.healthy_threshold} probes"
+                             f" passed to come back ({result.detail})")
         if health.awaitingProbe:
             _return(backend, now, f"probe passed after ejection ({result.detail})")
         return
@@ -191,6 +201,9 @@ def recordProbe(backend, config, result: ProbeResult, now: float) -> None:
     if health.status == "up" and health.fails >= config.unhealthy_threshold:
         health.status = "down"
         _settle(backend, now, f"{health.fails} probes failed in a row (last: {result.detail})")
+    elif health.status == "up" and not health.ejected:
+        health.reason = (f"up: {health.fails} of {config.unhealthy_threshold} probes failed"
+                         f" (last: {result.detail})")
 
 
 def resetProbes(backend, now: float) -> None:

@@ -21,6 +21,7 @@ from golb.errors import GolbError, renderError
 from golb.upstream import (
     ConnectFailed,
     ResponseHeaderTimeout,
+    UpstreamError,
     UpstreamRequest,
     UpstreamReset,
 )
@@ -484,7 +485,9 @@ class Exchange:
         outliers = self.pool.outliers
         if code >= 500:
             self.backend.failures += 1
-            if outliers is not None:
+            # 501 and 505 say the client asked for something the backend
+            # does not do: a client must not be able to eject backends.
+            if outliers is not None and code not in (501, 505):
                 outliers.failure(self.backend, self.pool, f"HTTP {code}")
             status = str(code)
             if status in self.retryOn and self._mayRetry(status):
@@ -492,7 +495,7 @@ class Exchange:
                 self._release()
                 self._retry(GolbError("bad-gateway", f"backend answered {code}"))
                 return
-        elif outliers is not None:
+        elif outliers is not None and code < 500:
             outliers.success(self.backend)
         if code == 101:
             if self.upgrade is None:
@@ -630,6 +633,10 @@ class Exchange:
     # Endings
 
     def _fail(self, error: GolbError) -> None:
+        if isinstance(error, UpstreamError):
+            # The detail (backend address, TLS internals) is in golb's log;
+            # the client gets the error's generic message.
+            error = GolbError(error.code, status=error.status)
         if self.chain is not None and not self.clientGone:
             self.chain.runResponse(self.request, self.context, None)
         renderError(self.request, error)

@@ -150,3 +150,22 @@ backend_pools:
         self.assertEqual(backend2.health.reason,
                          "ejected for 30s: 3 failures in a row (last: HTTP 500)")
         self.assertEqual(b2.traffic, 3)
+
+    @defer.inlineCallbacks
+    def test_clientCausedStatusesDoNotEject(self):
+        """
+        A backend answering 501 (a method it does not implement) to a
+        client's requests is not ejected: clients cannot eject backends with
+        unsupported methods.
+        """
+        pool = self.start("""\
+    passive_health: {consecutive_failures: 3, ejection_time: 30s}
+""")
+        b1, b2 = self.backends
+        b1.trafficStatus = b2.trafficStatus = 501
+        for _ in range(12):
+            code, _ = yield self.request()
+            self.assertEqual(code, 501)
+        for backend in pool.backends:
+            self.assertFalse(backend.health.ejected)
+            self.assertEqual(backend.health.consecutiveFailures, 0)

@@ -181,6 +181,24 @@ unhealthy_threshold: 3
             "web/127.0.0.1:1 is healthy again: 2 probes passed in a row (HTTP 200)",
         ])
 
+    def test_reasonFollowsProbes(self):
+        """
+        Between transitions the reason tells the latest probe and how close
+        the backend is to changing state; C{since} is set by the first
+        verdict.
+        """
+        [backend] = self.start()
+        probe = self.probes[0]
+        self.clock.advance(1)
+        probe.answer(True)
+        self.assertEqual(backend.health.reason, "last probe passed (HTTP 200)")
+        self.assertEqual(backend.health.since, 1.0)
+        self.clock.advance(10)
+        probe.answer(False, "HTTP 500, expected 200-399", 500)
+        self.assertEqual(backend.health.reason,
+                         "up: 1 of 3 probes failed (last: HTTP 500, expected 200-399)")
+        self.assertEqual(backend.health.since, 1.0)
+
     def test_timeout(self):
         """
         A probe that never answers is cancelled after C{timeout} and counts
