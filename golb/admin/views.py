@@ -36,6 +36,11 @@ REDACTED = "<redacted>"
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/@:]*):([^/@]*)@")
 # setting names whose string values are secrets wherever they appear
 _SECRET_KEYS = re.compile(r"(password|passwd|secret|token|api_key|apikey)$", re.IGNORECASE)
+# header names whose values are credentials (in headers policies)
+_SECRET_HEADERS = re.compile(
+    r"^(authorization|proxy-authorization|cookie|set-cookie)$|(key|token|secret|password|auth)",
+    re.IGNORECASE,
+)
 
 
 def findBackend(pool, backendId: str):
@@ -207,13 +212,19 @@ def redact(value: Any, path: str = "") -> Any:
     """
     C{value} (plain data from L{plain}) with secrets replaced by
     L{REDACTED}: passwords in URLs (C{redis://:secret@host}), the values of
-    C{monitoring.tracing.headers} (collector credentials), and any string
-    setting named like a password, secret or token.  The configuration holds
+    C{monitoring.tracing.headers} (collector credentials), credential headers
+    set by C{headers} policies (C{Authorization}, C{Cookie}, C{X-Api-Key} and
+    the like), and any string setting named like a password, secret or
+    token.  The configuration holds
     file I{paths} (htpasswd, tokens, TLS keys), never their contents.
     """
     if isinstance(value, dict):
         if path == "monitoring.tracing.headers":
             return {key: REDACTED for key in value}
+        if path.endswith((".request.set", ".request.add", ".response.set", ".response.add")):
+            # a headers policy's values: credentials for backends or clients
+            return {key: (REDACTED if _SECRET_HEADERS.search(str(key)) else redact(item))
+                    for key, item in value.items()}
         out = {}
         for key, item in value.items():
             child = f"{path}.{key}" if path else key

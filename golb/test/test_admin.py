@@ -53,7 +53,9 @@ routing_rules:
   - name: api
     match: {{host: "*.example.com", path: "/api/*", headers: {{X-Env: canary}}}}
     target_pool: web
-    policies: [{{rewrite: {{strip_prefix: /api}}}}]
+    policies: [{{rewrite: {{strip_prefix: /api}}}},
+               {{headers: {{request: {{set: {{Authorization: "Bearer backend-s3cret",
+                                               X-Env: canary}}}}}}}}]
   - name: split
     match: {{host: split.example.org}}
     split: [{{pool: web, weight: 3}}, {{pool: other, weight: 1}}]
@@ -239,7 +241,8 @@ class ReadTests(AdminTestCase):
         self.assertEqual(api["match"]["path"], "/api/*")
         self.assertEqual(api["match"]["headers"], {"X-Env": "canary"})
         self.assertEqual(api["policies"], [{"kind": "rate_limit", "scope": "global"},
-                                           {"kind": "rewrite", "scope": "route"}])
+                                           {"kind": "rewrite", "scope": "route"},
+                                           {"kind": "headers", "scope": "route"}])
         self.assertEqual(split["split"], [{"pool": "web", "weight": 3},
                                           {"pool": "other", "weight": 1}])
         self.assertIsNone(data["default"])
@@ -248,8 +251,8 @@ class ReadTests(AdminTestCase):
     def test_configRedacted(self):
         """
         C{GET /api/v1/config} shows the running configuration with secrets
-        redacted: the password of a Redis URL and the tracing headers'
-        values.  Auth files are shown by path, never their contents.
+        redacted: the password of a Redis URL, the tracing headers' values
+        and credential headers set by headers policies.  Auth files are shown by path, never their contents.
         """
         users, tokens = self.files()
         self.start(adminYAML(auth=f"{{users_file: {users}, token_file: {tokens}}}"))
@@ -264,6 +267,9 @@ class ReadTests(AdminTestCase):
         self.assertEqual(store, "redis://golb:<redacted>@127.0.0.1:6379/0")
         self.assertEqual(data["monitoring"]["tracing"]["headers"],
                          {"Authorization": "<redacted>"})
+        self.assertNotIn(b"backend-s3cret", body)
+        self.assertEqual(data["routing_rules"][0]["policies"][1]["headers"]["request"]["set"],
+                         {"Authorization": "<redacted>", "X-Env": "canary"})
         self.assertEqual(data["admin"]["auth"]["users_file"], users)
         self.assertEqual(data["backend_pools"][0]["backends"][0]["name"], "b1")
         response, body, _ = yield self.call("GET", "/api/v1/config?format=yaml",
@@ -371,7 +377,8 @@ class ExplainTests(AdminTestCase):
         self.assertEqual(response.code, 200)
         self.assertEqual(data["route"]["name"], "api")
         self.assertEqual(data["request"]["target"], "/api/x?q=1")
-        self.assertEqual([p["kind"] for p in data["policies"]], ["rate_limit", "rewrite"])
+        self.assertEqual([p["kind"] for p in data["policies"]],
+                         ["rate_limit", "rewrite", "headers"])
         [pool] = data["pools"]
         self.assertEqual(pool["candidates"], ["127.0.0.1:2"])
         self.assertEqual(pool["backends"][0]["excluded_because"], "admin state drain")
