@@ -252,7 +252,8 @@ class ReadTests(AdminTestCase):
         """
         C{GET /api/v1/config} shows the running configuration with secrets
         redacted: the password of a Redis URL, the tracing headers' values
-        and credential headers set by headers policies.  Auth files are shown by path, never their contents.
+        and credential headers set by headers policies.  Auth files are
+        shown by path, never their contents.
         """
         users, tokens = self.files()
         self.start(adminYAML(auth=f"{{users_file: {users}, token_file: {tokens}}}"))
