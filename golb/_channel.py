@@ -207,7 +207,9 @@ class GolbChannel(HTTPChannel):
         )
         observatory = getattr(self.site, "observatory", None)
         if observatory is not None and observatory.active:
-            observatory.requestRejected(self.site.listenerName, error.status, error.code)
+            peer = getattr(self.transport.getPeer(), "host", "") if self.transport else ""
+            observatory.requestRejected(self.site.listenerName, error.status, error.code,
+                                        peer or "")
         self.transport.write(
             rawErrorResponse(error.status, error.code, error.message, asJSON)
         )

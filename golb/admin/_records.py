@@ -129,7 +129,7 @@ class ErrorLog(Observer):
             "backend": record.backend,
         })
 
-    def requestRejected(self, listener, status, error) -> None:
+    def requestRejected(self, listener, status, error, client="") -> None:
         self.counts[error] += 1
         self.entries.append({
             "at": self.clock.seconds(),
@@ -139,7 +139,7 @@ class ErrorLog(Observer):
             "method": None,
             "host": None,
             "target": None,
-            "client": None,
+            "client": client or None,
             "route": None,
             "pool": None,
             "backend": None,

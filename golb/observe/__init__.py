@@ -138,10 +138,12 @@ class IObserver(Interface):
         Called exactly once per started request.
         """
 
-    def requestRejected(listener, status, error):
+    def requestRejected(listener, status, error, client):
         """
         The listener refused a malformed or oversized request before it
         became a request (400, 408, 413, 414, 431).
+
+        @param client: the peer's address (text; C{""} when unknown).
         """
 
 
@@ -163,7 +165,7 @@ class Observer:
     def requestFinished(self, record):
         pass
 
-    def requestRejected(self, listener, status, error):
+    def requestRejected(self, listener, status, error, client=""):
         pass
 
 
@@ -284,8 +286,8 @@ class Observatory:
         record.bytesOut = getattr(request, "sentLength", 0)
         self._each("requestFinished", record)
 
-    def requestRejected(self, listener: str, status: int, error: str) -> None:
+    def requestRejected(self, listener: str, status: int, error: str, client: str = "") -> None:
         """
         The listener refused a request before it was parsed.
         """
-        self._each("requestRejected", listener, status, error)
+        self._each("requestRejected", listener, status, error, client)

@@ -424,19 +424,20 @@ class AccessLogObserver(Observer):
         else:
             self.write(self.jsonLine(record))
 
-    def requestRejected(self, listener: str, status: int, error: str) -> None:
+    def requestRejected(self, listener: str, status: int, error: str, client: str = "") -> None:
         """
-        Write a line for a request the listener refused (no client, method
-        or target is known).
+        Write a line for a request the listener refused: its client is known,
+        its method and target are not.
         """
         now = self.clock.seconds()
         if self.format == "combined":
-            self.write(f'- - - [{self._clf(now)}] "-" {status:d} 0 "-" "-" route=- pool=- '
-                       f"backend=- duration=0.000 upstream_time=- retries=0 "
+            self.write(f'{_bare(client)} - - [{self._clf(now)}] "-" {status:d} 0 "-" "-" '
+                       f"route=- pool=- backend=- duration=0.000 upstream_time=- retries=0 "
                        f"error={_bare(error)} trace_id=-\n")
         else:
             fields = dict.fromkeys(_JSON_KEYS)
             fields.update(time=self._iso(now), listener=listener, status=status,
+                          client=client or None,
                           bytes_in=0, bytes_out=0, duration=0.0, attempts=0, retries=0,
                           error=error, aborted=False, rejected=True)
             self.write(_jsonEncoder.encode(fields) + "\n")

@@ -240,7 +240,7 @@ class MetricsObserver(Observer):
             outcome = attempt.error or "error"
         stats.outcomes[outcome] = stats.outcomes.get(outcome, 0) + 1
 
-    def requestRejected(self, listener, status, error) -> None:
+    def requestRejected(self, listener, status, error, client="") -> None:
         """
         Count a request the listener refused before it became one.
         """

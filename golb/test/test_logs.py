@@ -747,13 +747,13 @@ class AccessLogTests(ProxyTestCase):
     @defer.inlineCallbacks
     def test_rejected(self):
         """
-        A malformed request refused by the listener gets a line with 400 and
-        golb's error code.
+        A malformed request refused by the listener gets a line with its
+        client, 400 and golb's error code.
         """
         self.start(freePort())
         yield rawRequest(self, self.port, b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
         line = yield self.oneLine()
-        self.assertRegex(line, r'^- - - \[[^\]]+\] "-" 400 0 "-" "-" ')
+        self.assertRegex(line, r'^127\.0\.0\.1 - - \[[^\]]+\] "-" 400 0 "-" "-" ')
         self.assertIn(" error=bad-request ", line)
 
     @defer.inlineCallbacks

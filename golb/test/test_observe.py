@@ -29,8 +29,8 @@ class Recording(Observer):
         self.events.append(("finished", record.status))
         self.finished.append(record)
 
-    def requestRejected(self, listener, status, error):
-        self.events.append(("rejected", listener, status, error))
+    def requestRejected(self, listener, status, error, client=""):
+        self.events.append(("rejected", listener, status, error, client))
 
 
 class ObservatoryTests(ProxyTestCase):
@@ -145,7 +145,8 @@ backend_pools:
         """
         self.start(freePort())
         yield rawRequest(self, self.port, b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
-        self.assertEqual(self.observer.events, [("rejected", "web", 400, "bad-request")])
+        self.assertEqual(self.observer.events,
+                         [("rejected", "web", 400, "bad-request", "127.0.0.1")])
 
     @defer.inlineCallbacks
     def test_inactive(self):
