@@ -79,6 +79,11 @@ def listenerDescription(listener) -> str:
     return listener.endpointDescription()
 
 
+def _socketError(error) -> str:
+    strerror = getattr(error, "strerror", None)
+    return (strerror or str(error)).lower()
+
+
 def _sameSocket(old, new) -> bool:
     """
     Whether two configurations of a listener can share its socket: same
@@ -153,8 +158,27 @@ class GolbService(MultiService):
         )
         MultiService.setServiceParent(self, parent)
 
+    def privilegedStartService(self):
+        """
+        Bind the listeners (before twistd drops privileges); a port that
+        cannot be had stops golb with one line saying which and why.
+        """
+        from twisted.internet.error import CannotListenError
+
+        try:
+            MultiService.privilegedStartService(self)
+        except CannotListenError as e:
+            raise SystemExit(f"golb: cannot listen on {e.interface or '*'}:{e.port}:"
+                             f" {_socketError(e.socketError)}") from None
+
     def startService(self):
-        MultiService.startService(self)
+        from twisted.internet.error import CannotListenError
+
+        try:
+            MultiService.startService(self)
+        except CannotListenError as e:
+            raise SystemExit(f"golb: cannot listen on {e.interface or '*'}:{e.port}:"
+                             f" {_socketError(e.socketError)}") from None
         self.golb.ready = True
         config = self.golb.config
         self.log.info(

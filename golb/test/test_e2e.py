@@ -470,3 +470,31 @@ backend_pools: [{{name: default, backends: [{{url: "http://127.0.0.1:{port.getHo
             uids = [line.split()[1:] for line in f if line.startswith("Uid:")][0]
         nobody = pwd.getpwnam("nobody").pw_uid
         self.assertEqual({int(uid) for uid in uids}, {nobody})
+
+
+class PortTakenTests(TestCase):
+    """
+    A listener port that is taken stops golb with one clear line.
+    """
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_portTaken(self):
+        """
+        twistd exits 1 saying which address cannot be had and why, without
+        a traceback.
+        """
+        port, _ = listenBackend(self, name="b1")
+        taken = port.getHost().port
+        protocol, _ = runTwistd(self, f"""\
+listeners: [{{name: web, address: "127.0.0.1:{taken}"}}]
+backend_pools: [{{name: default, backends: [{{url: "http://127.0.0.1:{taken}"}}]}}]
+""")
+        protocol.ready.addErrback(lambda failure: None)
+        code = yield protocol.ended
+        self.assertEqual(code, 1)
+        output = protocol.output.decode("utf-8")
+        self.assertIn(f"golb: cannot listen on 127.0.0.1:{taken}: address already in use",
+                      output)
+        self.assertNotIn("Traceback", output)
