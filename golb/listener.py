@@ -1,8 +1,10 @@
 """
 The client-facing HTTP/1.1 server of a golb listener.
 
-A L{GolbSite} serves one listener: its connections are L{GolbChannel}s, strict
-about framing and limits (see L{golb._channel}), and its requests are
+A L{GolbSite} serves one listener: its connections are
+L{golb._fastchannel.FastChannel}s (a L{GolbChannel} that parses each request
+head in one pass), strict about framing and limits (see L{golb._channel}),
+and its requests are
 L{GolbRequest}s, which know their real client address and scheme.  Requests
 reach the resource only once complete and unambiguous; the body is buffered
 by Twisted in C{request.content} (memory, or a temporary file above 100 kB),
@@ -15,6 +17,7 @@ from typing import Optional, Sequence, Tuple, Union
 from twisted.web.server import Request, Site
 
 from golb._channel import GolbChannel
+from golb._fastchannel import FastChannel
 from golb.errors import GolbError
 
 __all__ = ["GolbChannel", "GolbRequest", "GolbSite", "parseAddress"]
@@ -242,7 +245,7 @@ class GolbSite(Site):
     @ivar maxRequestLineBytes: the longest request line (414).
     """
 
-    protocol = GolbChannel
+    protocol = FastChannel
     requestFactory = GolbRequest
     maxHeaderCount = 500
     maxRequestLineBytes = 8192
