@@ -6,7 +6,9 @@ and tunnel objects handed to callers (re-exported by L{golb.upstream}).
 The parser knows nothing about sockets or Twisted: it is fed bytes with
 L{ResponseParser.feed} and reports what it found to a delegate.  It works on
 whole buffers (C{bytes.find}, C{split}, C{partition}, C{translate}), never byte
-by byte, and copies body bytes only when a read straddles a framing boundary.
+by byte, copies body bytes only when a read straddles a framing boundary, and
+remembers the parsed form of the status and header lines it saw recently
+(a backend repeats them in every response).
 
 Framing follows RFC 9112 section 6.3: HEAD requests and 1xx, 204 and 304
 responses have no body; C{Transfer-Encoding} with C{chunked} last is chunked;
@@ -15,7 +17,7 @@ C{Content-Length} (identical duplicates allowed) is a length; anything else is
 read until the connection closes.
 """
 
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
@@ -80,6 +82,102 @@ class BodyParseError(ParseError):
     """
     The body framing (chunked encoding) is invalid.
     """
+
+
+# The parsed form of the status lines and header lines seen recently: a
+# backend sends the same ones again and again (only Date changes, once a
+# second), so most lines of a head are looked up rather than parsed.  Only
+# valid lines of up to _CACHED_LINE bytes get in; a full cache is emptied.
+_CACHED_LINE = 256
+_CACHED_LINES = 1024
+_STATUS_LINES: Dict[bytes, Tuple[bytes, int, bytes]] = {}
+_HEADER_LINES: Dict[bytes, tuple] = {}
+
+# kinds of header lines, for ResponseParser._feedHead
+_LINE_OTHER = 0
+_LINE_LENGTH = 1  # Content-Length: its lengths
+_LINE_BAD_LENGTH = 2  # an invalid Content-Length: the lengths before the bad item
+_LINE_CODINGS = 3  # Transfer-Encoding: its codings, lower-cased
+_LINE_CONNECTION = 4  # Connection: (has close, has keep-alive)
+
+
+def _remember(cache: dict, line: bytes, parsed) -> None:
+    if len(line) <= _CACHED_LINE:
+        if len(cache) >= _CACHED_LINES:
+            cache.clear()
+        cache[line] = parsed
+
+
+def _statusLine(line: bytes) -> Tuple[bytes, int, bytes]:
+    """
+    Parse a status line into C{(version, code, phrase)}.
+
+    @raise HeadParseError: when it is invalid.
+    """
+    parts = line.split(b" ", 2)
+    version = parts[0]
+    if version != b"HTTP/1.1" and version != b"HTTP/1.0":
+        raise HeadParseError(f"invalid status line {line[:80]!r}")
+    if len(parts) < 2:
+        raise HeadParseError(f"invalid status line {line[:80]!r}")
+    rawCode = parts[1]
+    if len(rawCode) != 3 or not rawCode.isdigit():
+        raise HeadParseError(f"invalid status code {rawCode[:80]!r}")
+    code = int(rawCode)
+    if code < 100 or code > 599:
+        raise HeadParseError(f"invalid status code {code}")
+    phrase = parts[2] if len(parts) == 3 else b""
+    status = (version, code, phrase)
+    _remember(_STATUS_LINES, line, status)
+    return status
+
+
+def _headerLine(line: bytes) -> tuple:
+    """
+    Parse a header line into C{((name, value), kind, data)}: the field, one
+    of the C{_LINE_*} kinds and what that kind carries.
+
+    @raise HeadParseError: when the line is not a valid field.
+    """
+    name, sep, value = line.partition(b":")
+    if not sep or not name or name.translate(None, _TOKEN):
+        if line[:1] in (b" ", b"\t"):
+            raise HeadParseError("obsolete line folding in the response head")
+        raise HeadParseError(f"invalid header line {line[:80]!r}")
+    value = value.strip(b" \t")
+    field = (name, value)
+    kind = _LINE_OTHER
+    data = None
+    first = name[0] | 0x20
+    if first == 0x63 or first == 0x74:  # 'c' or 't'
+        lower = name.lower()
+        if lower == b"content-length":
+            kind = _LINE_LENGTH
+            lengths = []
+            for item in value.split(b","):
+                item = item.strip(b" \t")
+                if not item.isdigit():
+                    # not remembered: the caller checks the lengths before
+                    # the bad item, then raises
+                    return (field, _LINE_BAD_LENGTH, lengths)
+                lengths.append(int(item))
+            data = tuple(lengths)
+        elif lower == b"transfer-encoding":
+            kind = _LINE_CODINGS
+            data = tuple(c.strip(b" \t").lower() for c in value.split(b","))
+        elif lower == b"connection":
+            kind = _LINE_CONNECTION
+            close = keepAlive = False
+            for token in value.split(b","):
+                token = token.strip(b" \t").lower()
+                if token == b"close":
+                    close = True
+                elif token == b"keep-alive":
+                    keepAlive = True
+            data = (close, keepAlive)
+    entry = (field, kind, data)
+    _remember(_HEADER_LINES, line, entry)
+    return entry
 
 
 class ResponseParser:
@@ -225,19 +323,10 @@ class ResponseParser:
         if b"\x00" in head:
             raise HeadParseError("NUL in the response head")
         statusLine = lines[0]
-        parts = statusLine.split(b" ", 2)
-        version = parts[0]
-        if version != b"HTTP/1.1" and version != b"HTTP/1.0":
-            raise HeadParseError(f"invalid status line {statusLine[:80]!r}")
-        if len(parts) < 2:
-            raise HeadParseError(f"invalid status line {statusLine[:80]!r}")
-        rawCode = parts[1]
-        if len(rawCode) != 3 or not rawCode.isdigit():
-            raise HeadParseError(f"invalid status code {rawCode[:80]!r}")
-        code = int(rawCode)
-        if code < 100 or code > 599:
-            raise HeadParseError(f"invalid status code {code}")
-        phrase = parts[2] if len(parts) == 3 else b""
+        status = _STATUS_LINES.get(statusLine)
+        if status is None:
+            status = _statusLine(statusLine)
+        version, code, phrase = status
 
         headers = []
         append = headers.append
@@ -246,36 +335,29 @@ class ResponseParser:
         close = False
         keepAliveToken = False
         for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep or not name or name.translate(None, _TOKEN):
-                if line[:1] in (b" ", b"\t"):
-                    raise HeadParseError("obsolete line folding in the response head")
-                raise HeadParseError(f"invalid header line {line[:80]!r}")
-            value = value.strip(b" \t")
-            append((name, value))
-            first = name[0] | 0x20
-            if first == 0x63 or first == 0x74:  # 'c' or 't'
-                lower = name.lower()
-                if lower == b"content-length":
-                    for item in value.split(b","):
-                        item = item.strip(b" \t")
-                        if not item.isdigit():
-                            raise HeadParseError(f"invalid Content-Length {value[:80]!r}")
-                        length = int(item)
+            entry = _HEADER_LINES.get(line)
+            if entry is None:
+                entry = _headerLine(line)
+            append(entry[0])
+            kind = entry[1]
+            if kind:
+                data = entry[2]
+                if kind == _LINE_LENGTH or kind == _LINE_BAD_LENGTH:
+                    for length in data:
                         if contentLength is not None and contentLength != length:
                             raise HeadParseError("conflicting Content-Length values")
                         contentLength = length
-                elif lower == b"transfer-encoding":
+                    if kind == _LINE_BAD_LENGTH:
+                        raise HeadParseError(f"invalid Content-Length {entry[0][1][:80]!r}")
+                elif kind == _LINE_CODINGS:
                     if codings is None:
                         codings = []
-                    codings.extend(c.strip(b" \t").lower() for c in value.split(b","))
-                elif lower == b"connection":
-                    for token in value.split(b","):
-                        token = token.strip(b" \t").lower()
-                        if token == b"close":
-                            close = True
-                        elif token == b"keep-alive":
-                            keepAliveToken = True
+                    codings.extend(data)
+                else:
+                    if data[0]:
+                        close = True
+                    if data[1]:
+                        keepAliveToken = True
 
         if 100 <= code < 200 and code != 101:
             self._delegate.informationalReceived(code, phrase, headers)

@@ -10,7 +10,7 @@ holds the configuration, the backends in order and the balancer.
 import collections
 import hashlib
 import time
-from typing import Callable, Deque, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Deque, Dict, FrozenSet, Iterable, List, Optional, Tuple
 
 import attr
 from twisted.logger import Logger
@@ -80,6 +80,7 @@ class Backend:
     clock: Callable[[], float] = attr.ib(default=time.monotonic)
     address: Optional[str] = attr.ib(default=None)
     health: HealthState = attr.ib(factory=HealthState)
+    _hostHeader: Optional[Tuple[tuple, bytes]] = attr.ib(default=None, init=False)
 
     def markReady(self) -> None:
         """
@@ -128,16 +129,24 @@ class Backend:
     @property
     def hostHeader(self) -> bytes:
         """
-        The Host header naming this backend itself (default ports omitted).
+        The Host header naming this backend itself (default ports omitted),
+        remembered while its scheme, host and port stay the same.
         """
+        key = (self.scheme, self.host, self.port)
+        cached = self._hostHeader
+        if cached is not None and cached[0] == key:
+            return cached[1]
         default = 443 if self.scheme == "https" else 80
         if ":" in self.host:
             host = f"[{self.host}]"
         else:
             host = self.host
         if self.port == default:
-            return host.encode("ascii")
-        return f"{host}:{self.port}".encode("ascii")
+            value = host.encode("ascii")
+        else:
+            value = f"{host}:{self.port}".encode("ascii")
+        self._hostHeader = (key, value)
+        return value
 
     def available(self) -> bool:
         """
@@ -240,6 +249,17 @@ class Pool:
     inFlight: int = attr.ib(default=0)
     overflows: Dict[str, int] = attr.ib(factory=lambda: collections.Counter())
     limited: bool = attr.ib(default=False)
+    _retryOn: Optional[FrozenSet[str]] = attr.ib(default=None, init=False, repr=False)
+
+    @property
+    def retryOn(self) -> FrozenSet[str]:
+        """
+        The failure kinds and status codes its C{retries.on} names, as text.
+        """
+        retryOn = self._retryOn
+        if retryOn is None:
+            retryOn = self._retryOn = frozenset(str(x) for x in self.config.retries.on)
+        return retryOn
 
     def refusal(self, backend: Backend, queued: bool = False) -> Optional[str]:
         """
@@ -307,7 +327,10 @@ class Pool:
         (or a real one affecting most backends) spreads load instead of
         crushing the few survivors.
         """
-        excluded = exclude if isinstance(exclude, (set, frozenset)) else set(exclude)
+        # the few backends an exchange already tried come as a list
+        excluded = (
+            exclude if isinstance(exclude, (set, frozenset, list, tuple)) else set(exclude)
+        )
         primaries = []
         backups = []
         ready = 0
@@ -316,9 +339,13 @@ class Pool:
             if backend.state != "ready":
                 continue
             ready += 1
-            if backend.healthy:
-                healthy += 1
-            if backend in excluded or not backend.available():
+            if not backend.healthy:
+                continue
+            healthy += 1
+            if backend in excluded or (
+                backend.maxConnections and backend.inFlight >= backend.maxConnections
+            ):
+                # not available (see Backend.available)
                 continue
             (backups if backend.backup else primaries).append(backend)
         if ready and healthy < self.panicThreshold * ready:

@@ -11,11 +11,12 @@ never buffered: a slow client pauses the backend connection.
 """
 
 import ipaddress
-from typing import Dict, Iterable, List, Optional, Set, Tuple
+from typing import AbstractSet, Dict, FrozenSet, Iterable, List, Optional, Tuple
 
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http_headers import _nameEncoder
 
 from golb.errors import GolbError, renderError
 from golb.upstream import (
@@ -65,11 +66,24 @@ _REQUEST_OWN = HOP_BY_HOP | frozenset(
 IDEMPOTENT_METHODS = frozenset([b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"])
 _BODY_METHODS = frozenset([b"POST", b"PUT", b"PATCH"])
 _VIA = b"1.1 golb"
+_NO_TOKENS: FrozenSet[bytes] = frozenset()
+# Twisted's cache of canonical header names (only valid names get in): a
+# response header found there is stored without Headers.addRawHeader's
+# per-call work.  Empty if it ever goes away.
+_canonicalNames = getattr(_nameEncoder, "_canonicalHeaderCache", None)
+if not isinstance(_canonicalNames, dict):
+    _canonicalNames = {}
 
 
-def _connectionTokens(values: Optional[List[bytes]]) -> Set[bytes]:
+def _connectionTokens(values: Optional[List[bytes]]) -> AbstractSet[bytes]:
+    """
+    The lower-cased tokens of C{Connection} header values (an empty frozen
+    set without any).
+    """
+    if not values:
+        return _NO_TOKENS
     tokens = set()
-    for value in values or ():
+    for value in values:
         for token in value.split(b","):
             token = token.strip().lower()
             if token:
@@ -77,18 +91,18 @@ def _connectionTokens(values: Optional[List[bytes]]) -> Set[bytes]:
     return tokens
 
 
-_NODES: Dict[str, bytes] = {}
+_NODES: Dict[str, Tuple[bytes, bytes]] = {}
 
 
-def _forwardedNode(host: str) -> bytes:
+def _forwardedNode(host: str) -> Tuple[bytes, bytes]:
     """
-    The RFC 7239 node for a peer address (quoted and bracketed for IPv6),
-    remembered for the addresses seen recently (the same clients come back
-    for every request on their connections).
+    The RFC 7239 node for a peer address (quoted and bracketed for IPv6) and
+    the address as bytes, remembered for the addresses seen recently (the
+    same clients come back for every request on their connections).
     """
     node = _NODES.get(host)
     if node is None:
-        node = _computeNode(host)
+        node = (_computeNode(host), host.encode("ascii", "replace"))
         if len(_NODES) >= 4096:
             _NODES.clear()
         _NODES[host] = node
@@ -134,8 +148,15 @@ class ProxyHeaders:
 
         @param upgrade: the C{Upgrade} value to forward for a protocol switch.
         """
+        connection = request.requestHeaders.getRawHeaders(b"connection")
+        return self._build(request, _connectionTokens(connection), upgrade)
+
+    def _build(self, request, drop: AbstractSet[bytes],
+               upgrade: Optional[bytes]) -> List[Tuple[bytes, bytes]]:
+        """
+        L{build}, given the request's C{Connection} tokens.
+        """
         incoming = request.requestHeaders
-        drop = _connectionTokens(incoming.getRawHeaders(b"connection"))
         peer = request.getClientAddress()
         peerHost = getattr(peer, "host", "") or ""
         trusted = self._trusted(peerHost)
@@ -143,45 +164,53 @@ class ProxyHeaders:
         # rewrite policy of golb's set it; anyone else's is dropped.
         keepPrefix = trusted or bool(getattr(request, "_golbStrippedPrefix", None))
         headers = []
+        append = headers.append
+        # the values of the headers golb sets itself, by lower-case name
+        own = {}
         for name, values in incoming.getAllRawHeaders():
             lower = name.lower()
-            if lower in _REQUEST_OWN or lower in drop:
+            if lower in _REQUEST_OWN:
+                own[lower] = values
+                continue
+            if lower in drop:
                 continue
             if lower == b"x-forwarded-prefix" and not keepPrefix:
                 continue
             for value in values:
-                headers.append((name, value))
+                append((name, value))
 
         proto = b"https" if request.isSecure() else b"http"
         # the Host the client asked for, even when a policy changed it since
-        hostValues = getattr(request, "originalHost", None) or incoming.getRawHeaders(b"host")
+        hostValues = getattr(request, "originalHost", None) or own.get(b"host")
         host = hostValues[0] if hostValues else b""
 
-        xff = incoming.getRawHeaders(b"x-forwarded-for") if trusted else None
-        peerBytes = peerHost.encode("ascii", "replace")
-        headers.append(
-            (b"X-Forwarded-For", b", ".join(xff + [peerBytes]) if xff else peerBytes)
-        )
-        xfp = incoming.getRawHeaders(b"x-forwarded-proto") if trusted else None
-        headers.append((b"X-Forwarded-Proto", xfp[-1] if xfp else proto))
-        xfh = incoming.getRawHeaders(b"x-forwarded-host") if trusted else None
+        node, peerBytes = _forwardedNode(peerHost)
+        xff = own.get(b"x-forwarded-for") if trusted else None
+        append((b"X-Forwarded-For", b", ".join(xff + [peerBytes]) if xff else peerBytes))
+        xfp = own.get(b"x-forwarded-proto") if trusted else None
+        append((b"X-Forwarded-Proto", xfp[-1] if xfp else proto))
+        xfh = own.get(b"x-forwarded-host") if trusted else None
         if xfh:
-            headers.append((b"X-Forwarded-Host", xfh[-1]))
+            append((b"X-Forwarded-Host", xfh[-1]))
         elif host:
-            headers.append((b"X-Forwarded-Host", host))
-        element = b"for=" + _forwardedNode(peerHost) + b";proto=" + proto
+            append((b"X-Forwarded-Host", host))
+        element = b"for=" + node + b";proto=" + proto
         if host and b'"' not in host:
             element += b';host="' + host + b'"'
-        forwarded = incoming.getRawHeaders(b"forwarded") if trusted else None
-        headers.append(
-            (b"Forwarded", b", ".join(forwarded + [element]) if forwarded else element)
-        )
-        via = incoming.getRawHeaders(b"via")
-        headers.append((b"Via", b", ".join(via + [_VIA]) if via else _VIA))
+        forwarded = own.get(b"forwarded") if trusted else None
+        append((b"Forwarded", b", ".join(forwarded + [element]) if forwarded else element))
+        via = own.get(b"via")
+        append((b"Via", b", ".join(via + [_VIA]) if via else _VIA))
         if upgrade is not None:
-            headers.append((b"Connection", b"upgrade"))
-            headers.append((b"Upgrade", upgrade))
+            append((b"Connection", b"upgrade"))
+            append((b"Upgrade", upgrade))
         return headers
+
+
+# Response header names (as backends spell them) copied as they are, each
+# with its canonical form in Twisted's Headers; bounded like Twisted's cache.
+_plainNames: Dict[bytes, bytes] = {}
+_NOT_PLAIN = HOP_BY_HOP | frozenset([b"content-length", b"via"])
 
 
 def responseHeaders(response, request) -> None:
@@ -191,27 +220,52 @@ def responseHeaders(response, request) -> None:
     A body of unknown length loses Content-Length (the listener chunks it or
     closes after it).
     """
-    drop = set()
-    for name, value in response.headers:
-        if name.lower() == b"connection":
-            drop |= _connectionTokens([value])
+    headers = response.headers
+    drop = _NO_TOKENS
+    for name, value in headers:
+        if len(name) == 10 and name.lower() == b"connection":
+            drop = drop | _connectionTokens([value])
+    if drop:
+        # hop-by-hop headers are dropped anyway
+        drop = drop - HOP_BY_HOP
     outgoing = request.responseHeaders
-    outgoing.removeHeader(b"server")
-    outgoing.removeHeader(b"date")
+    # Headers keeps canonical names: what removeHeader and addRawHeader do,
+    # without their per-call work
+    raw = outgoing._rawHeaders
+    raw.pop(b"Server", None)
+    raw.pop(b"Date", None)
     keepLength = response.length is not None
     sawVia = False
-    for name, value in response.headers:
-        lower = name.lower()
-        if lower in HOP_BY_HOP or lower in drop:
-            continue
-        if lower == b"content-length" and not keepLength:
-            continue
-        if lower == b"via":
-            value = value + b", " + _VIA
-            sawVia = True
-        outgoing.addRawHeader(name, value)
+    for name, value in headers:
+        canonical = _plainNames.get(name)
+        if canonical is None or drop:
+            lower = name.lower()
+            if lower in HOP_BY_HOP or lower in drop:
+                continue
+            if lower == b"content-length" and not keepLength:
+                continue
+            if lower == b"via":
+                value = value + b", " + _VIA
+                sawVia = True
+            canonical = _canonicalNames.get(name)
+            if canonical is not None and lower not in _NOT_PLAIN:
+                if len(_plainNames) >= 1024:
+                    _plainNames.clear()
+                _plainNames[name] = canonical
+        if canonical is None or b"\r" in value or b"\n" in value:
+            outgoing.addRawHeader(name, value)
+        else:
+            values = raw.get(canonical)
+            if values is None:
+                raw[canonical] = [value]
+            else:
+                values.append(value)
     if not sawVia:
-        outgoing.addRawHeader(b"Via", _VIA)
+        values = raw.get(b"Via")
+        if values is None:
+            raw[b"Via"] = [_VIA]
+        else:
+            values.append(_VIA)
 
 
 def _requestBody(request) -> Tuple[Optional[object], int]:
@@ -285,13 +339,15 @@ class Exchange:
         self.retries = 0
         self.done = False
         self.clientGone = False
+        incoming = request.requestHeaders
+        drop = _connectionTokens(incoming.getRawHeaders(b"connection"))
         upgrade = None
-        if b"upgrade" in _connectionTokens(request.requestHeaders.getRawHeaders(b"connection")):
-            values = request.requestHeaders.getRawHeaders(b"upgrade")
+        if b"upgrade" in drop:
+            values = incoming.getRawHeaders(b"upgrade")
             if values:
                 upgrade = values[0]
         self.upgrade = upgrade
-        self.headers = headers.build(request, upgrade)
+        self.headers = headers._build(request, drop, upgrade)
         self.body, self.bodyLength = _requestBody(request)
         self.context = context
         self.chain = chain
@@ -301,9 +357,8 @@ class Exchange:
         self.attemptRecord = None
         self.target = context.target if context is not None else originForm(request.uri)
         self.idempotent = request.method in IDEMPOTENT_METHODS
-        retries = self.config.retries
-        self.attemptsLeft = retries.attempts
-        self.retryOn = frozenset(str(x) for x in retries.on)
+        self.attemptsLeft = self.config.retries.attempts
+        self.retryOn = pool.retryOn
 
     def start(self) -> None:
         """
@@ -369,10 +424,29 @@ class Exchange:
             onInformational=self._informational,
         )
         self.started = self.reactor.seconds()
-        d = backend.upstream.request(upstreamRequest)
-        self.pending = d
-        d.addCallbacks(self._gotResponse, self._attemptFailed)
-        d.addErrback(self._bug)
+        call = backend.upstream.call(upstreamRequest, self)
+        self.pending = call
+        call.start()
+
+    # The outcome of an attempt, as the receiver of its upstream call
+
+    def responseReceived(self, response) -> None:
+        """
+        The backend's final response head arrived.
+        """
+        try:
+            self._gotResponse(response)
+        except Exception:
+            self._bug(Failure())
+
+    def requestFailed(self, reason: Failure) -> None:
+        """
+        The attempt failed before a response head arrived (or was cancelled).
+        """
+        try:
+            self._attemptFailed(reason)
+        except Exception:
+            self._bug(Failure())
 
     def _refused(self, backend, queued: bool) -> bool:
         """

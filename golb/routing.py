@@ -222,8 +222,15 @@ class Router:
         The route for C{request}, or L{None} when nothing matches and there is
         no default pool.
         """
+        if not self._exact and not self._wildcard:
+            # no host conditions: the host need not be looked at
+            candidates = self._anyHost
+            if not candidates:
+                return self.default
+        else:
+            candidates = self._candidates(requestHost(request))
         path = request.path
-        for route in self._candidates(requestHost(request)):
+        for route in candidates:
             if route.matches(request, path):
                 return route
         return self.default

@@ -4,7 +4,9 @@ keep-alive connection pool.
 
 L{UpstreamPool.request} sends one L{UpstreamRequest} on a pooled (or new)
 connection and fires with an L{UpstreamResponse} once the final response head
-arrived; the body then streams to a receiver with push-producer backpressure.
+arrived (L{UpstreamPool.call} does the same, telling a receiver object
+instead, without a Deferred); the body then streams to a receiver with
+push-producer backpressure.
 A 101 response can be turned into a raw byte tunnel (WebSocket).
 
 Not built on L{twisted.web.client.Agent}: headers go out exactly as given and
@@ -16,7 +18,7 @@ from typing import Callable, List, Optional, Tuple
 
 from attrs import field, frozen
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -54,6 +56,7 @@ __all__ = [
     "ReadTimeout",
     "ResponseHeaderTimeout",
     "UpstreamBodyError",
+    "UpstreamCall",
     "UpstreamError",
     "UpstreamPool",
     "UpstreamRequest",
@@ -215,7 +218,7 @@ class _UpstreamProtocol(Protocol):
         self._reactor = pool._reactor
         self._seconds = pool._reactor.seconds
         self._state = _CONNECTING
-        self._exchange: Optional[_Exchange] = None
+        self._exchange: Optional[UpstreamCall] = None
         self._parser: Optional[ResponseParser] = None
         self._response: Optional[UpstreamResponse] = None
         self._reused = False
@@ -251,7 +254,7 @@ class _UpstreamProtocol(Protocol):
                 self._exchange = None
                 self.sendRequest(exchange, False)
 
-    def attach(self, exchange: "_Exchange") -> None:
+    def attach(self, exchange: "UpstreamCall") -> None:
         """
         Send C{exchange}'s request on this new connection once it is ready.
         """
@@ -350,7 +353,7 @@ class _UpstreamProtocol(Protocol):
 
     # -- sending
 
-    def sendRequest(self, exchange: "_Exchange", reused: bool) -> None:
+    def sendRequest(self, exchange: "UpstreamCall", reused: bool) -> None:
         """
         Write C{exchange}'s request and start waiting for the response.
         """
@@ -658,24 +661,57 @@ def _handshakeError(reason: Failure, pool: "UpstreamPool") -> ConnectFailed:
 # ---------------------------------------------------------------- pool
 
 
-class _Exchange:
+class UpstreamCall:
     """
-    One call of L{UpstreamPool.request}: the request, its Deferred and where
-    it currently is (connecting, or on a connection).
+    One request sent with L{UpstreamPool.call} (or L{UpstreamPool.request},
+    which wraps one in a Deferred): the request, who learns its outcome and
+    where it currently is (connecting, or on a connection).
+
+    Its receiver is told the outcome once: C{responseReceived(response)}
+    with the L{UpstreamResponse} when the final response head arrived, or
+    C{requestFailed(reason)} with a L{Failure} of the errors listed in
+    L{UpstreamPool.request} (L{CancelledError} after L{cancel}).  Without a
+    receiver, L{deferred} fires instead.
+
+    @ivar deferred: the Deferred of L{UpstreamPool.request}, or L{None}.
     """
 
-    __slots__ = ("pool", "request", "deferred", "protocol", "connecting", "retried", "done")
+    __slots__ = (
+        "pool", "request", "receiver", "deferred", "protocol", "connecting", "retried", "done",
+    )
 
-    def __init__(self, pool: "UpstreamPool", request: UpstreamRequest):
+    def __init__(self, pool: "UpstreamPool", request: UpstreamRequest, receiver=None):
         self.pool = pool
         self.request = request
-        self.deferred: Deferred = Deferred(self._cancel)
+        self.receiver = receiver
+        self.deferred: Optional[Deferred] = None
         self.protocol: Optional[_UpstreamProtocol] = None
         self.connecting: Optional[Deferred] = None
         self.retried = False
         self.done = False
 
-    def _cancel(self, d: Deferred) -> None:
+    def start(self) -> None:
+        """
+        Send the request, on an idle connection or a new one.  The receiver
+        may learn the outcome before this returns (a closed pool).
+        """
+        self.pool._start(self)
+
+    def cancel(self) -> None:
+        """
+        Abandon the request unless its outcome is known: its connection (or
+        connection attempt) is dropped and the receiver gets L{CancelledError}
+        (without a receiver, this cancels L{deferred}).
+        """
+        if self.receiver is None:
+            self.deferred.cancel()
+            return
+        if self.done:
+            return
+        self._abandon(None)
+        self.receiver.requestFailed(Failure(CancelledError()))
+
+    def _abandon(self, d: Optional[Deferred]) -> None:
         self.done = True
         connecting = self.connecting
         protocol = self.protocol
@@ -688,13 +724,21 @@ class _Exchange:
     def succeed(self, response: UpstreamResponse) -> None:
         if not self.done:
             self.done = True
-            self.deferred.callback(response)
+            receiver = self.receiver
+            if receiver is None:
+                self.deferred.callback(response)
+            else:
+                receiver.responseReceived(response)
 
     def fail(self, error: Exception) -> None:
         if not self.done:
             self.done = True
             self.protocol = None
-            self.deferred.errback(Failure(error))
+            receiver = self.receiver
+            if receiver is None:
+                self.deferred.errback(Failure(error))
+            else:
+                receiver.requestFailed(Failure(error))
 
 
 class _UpstreamFactory(Factory):
@@ -814,18 +858,31 @@ class UpstreamPool:
             with L{ConnectFailed}, L{UpstreamReset}, L{ResponseHeaderTimeout}
             or L{InvalidResponse} (L{CancelledError} when cancelled).
         """
-        exchange = _Exchange(self, req)
+        call = UpstreamCall(self, req)
+        d = call.deferred = Deferred(call._abandon)
+        self._start(call)
+        return d
+
+    def call(self, req: UpstreamRequest, receiver) -> UpstreamCall:
+        """
+        Prepare sending C{req}, its outcome told to C{receiver} (see
+        L{UpstreamCall}) rather than through a Deferred as with L{request}.
+        Nothing is sent before the call's C{start}, so the caller can keep
+        the call (to cancel it) before the receiver may hear of it.
+        """
+        return UpstreamCall(self, req, receiver)
+
+    def _start(self, call: UpstreamCall) -> None:
         if self._closed:
-            exchange.fail(ConnectFailed(f"the pool for {self.backend} is closed"))
-            return exchange.deferred
+            call.fail(ConnectFailed(f"the pool for {self.backend} is closed"))
+            return
         idle = self._idle
         if idle:
             protocol = idle.pop()
             self._active.add(protocol)
-            protocol.sendRequest(exchange, True)
+            protocol.sendRequest(call, True)
         else:
-            self._connect(exchange)
-        return exchange.deferred
+            self._connect(call)
 
     def closeCachedConnections(self) -> Deferred:
         """
@@ -875,7 +932,7 @@ class UpstreamPool:
 
     # -- internal
 
-    def _connect(self, exchange: _Exchange) -> None:
+    def _connect(self, exchange: UpstreamCall) -> None:
         d = self._endpoint.connect(self._factory)
         self._connecting.add(d)
         exchange.connecting = d

@@ -828,17 +828,22 @@ backend_pools:
         """
         held, ports = self.holdingBackends(2)
         pool = self.start(ports, "{max_requests: 2}")
+
+        def heldFor(path):
+            # the backends may see the requests in either order
+            return [request for request in held if request.path == path][0]
+
         first = self.get("/1")
         second = self.get("/2")
         yield waitUntil(lambda: len(held) == 2)
         yield self.assertOpen("/3", "max_requests")
         self.assertEqual(pool.overflows["max_requests"], 1)
-        held[0].finish()
+        heldFor(b"/1").finish()
         yield first
         fourth = self.get("/4")
         yield waitUntil(lambda: len(held) == 3)
-        for request in held[1:]:
-            request.finish()
+        heldFor(b"/2").finish()
+        heldFor(b"/4").finish()
         yield second
         response, _ = yield fourth
         self.assertEqual(response.code, 200)
