@@ -589,7 +589,10 @@ class FastChannel(GolbChannel):
             data = b"".join(self._dataBuffer)
             self._dataBuffer = []
             self._buffer = self._buffer + data if self._buffer else data
-        if self._buffer and not self._fastParsing and self._golbState == _IDLE:
+        if self._buffer and self._golbState == _IDLE:
+            # bytes of the next request are already here (pipelined, even in
+            # the same packet): it must arrive within the request timeout
             if self._fastDeadline is None:
                 self._startRequestTimer()
-            self._parse()
+            if not self._fastParsing:
+                self._parse()

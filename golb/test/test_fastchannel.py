@@ -361,6 +361,18 @@ class EquivalenceTests(TestCase):
         self.assertEqual(fast, slow, (data, pieces))
         return fast
 
+    def test_strayLineAfterPipelinedRequest(self):
+        """
+        Bytes left after a request answered while parsing the same packet
+        (here a stray CRLF) start the request timer in both channels: 408
+        when nothing more comes (found by the property test below).
+        """
+        data = (b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"1\r\n\x00\r\n0\r\n\r\n\r\n")
+        seen, output, disconnecting = self.assertSame(data, [])
+        self.assertIn(b"408 Request Time-out", output)
+        self.assertTrue(disconnecting)
+
     @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(_pipeline(), st.lists(st.integers(min_value=0), max_size=6))
     def test_validRequests(self, data, cuts):
