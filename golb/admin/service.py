@@ -101,6 +101,7 @@ class AdminService(Service):
         self.golb = golb
         self.reactor = reactor
         self._ready = ready
+        self._probedOnce = False
         self._sites = sites
         self._address = address
         self.audit = AuditLog(reactor)
@@ -123,11 +124,27 @@ class AdminService(Service):
 
     def isReady(self) -> bool:
         """
-        Whether golb serves its listeners (what C{/readyz} answers).
+        Whether golb serves its listeners and has finished its first round
+        of health checks: every backend of a pool with a C{health_check} has
+        had a probe (what C{/readyz} answers).  Once ready, it stays ready
+        until golb stops (later probe results do not make a whole instance
+        unready).
         """
         if self._ready is not None:
             return bool(self._ready())
-        return bool(getattr(self.golb, "ready", False))
+        if not getattr(self.golb, "ready", False):
+            self._probedOnce = False
+            return False
+        if not self._probedOnce:
+            runtime = getattr(self.golb, "runtime", None)
+            for pool in getattr(runtime, "pools", {}).values():
+                if getattr(pool.config, "health_check", None) is None:
+                    continue
+                for backend in pool.backends:
+                    if backend.health.lastResult is None:
+                        return False
+            self._probedOnce = True
+        return True
 
     def listenerSites(self) -> Dict[str, object]:
         """

@@ -955,6 +955,34 @@ class ServiceTests(AdminTestCase):
         response, _, _ = yield self.call("GET", "/healthz")
         self.assertEqual(response.code, 200)
 
+    @defer.inlineCallbacks
+    def test_readyAfterFirstProbes(self):
+        """
+        With health checks, C{/readyz} waits for every backend's first
+        probe; then it stays 200 even when a probe fails later.
+        """
+        from golb.health import ProbeResult
+
+        golb = Golb(parseConfig(adminYAML(pool="    health_check: {interval: 10s}\n"), "t.yaml"),
+                    reactor=reactor, upstreamFactory=lambda b, p, c: None)
+        self.addCleanup(golb.close)
+        service = AdminService(golb, reactor, address=Address("127.0.0.1", 0))
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.base = f"http://127.0.0.1:{service.port.getHost().port}"
+        golb.ready = True
+        probed = [b for b in golb.pools["web"].backends]
+        self.assertTrue(probed)
+        response, _, _ = yield self.call("GET", "/readyz")
+        self.assertEqual(response.code, 503)
+        for backend in probed[:-1]:
+            backend.health.lastResult = ProbeResult(True, "HTTP 200")
+        response, _, _ = yield self.call("GET", "/readyz")
+        self.assertEqual(response.code, 503)
+        probed[-1].health.lastResult = ProbeResult(False, "HTTP 500")
+        response, _, _ = yield self.call("GET", "/readyz")
+        self.assertEqual(response.code, 200)
+
     def test_portTaken(self):
         """
         A port that cannot be had fails the start.
