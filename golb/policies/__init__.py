@@ -34,6 +34,7 @@ __all__ = [
     "IBodyFilter",
     "IPolicy",
     "Policy",
+    "addVary",
     "buildPolicy",
 ]
 
@@ -323,6 +324,26 @@ class Chain:
         else:
             self.runResponse(request, context, None)
             result.render(request)
+
+
+def addVary(headers, token: bytes) -> None:
+    """
+    Add C{token} to the response's C{Vary} unless it is already there (or
+    C{Vary: *} is), keeping the values already present.
+    """
+    values = headers.getRawHeaders(b"vary")
+    if not values:
+        headers.setRawHeaders(b"vary", [token])
+        return
+    lower = token.lower()
+    for value in values:
+        for item in value.split(b","):
+            item = item.strip().lower()
+            if item == lower or item == b"*":
+                return
+    values = list(values)
+    values[-1] = values[-1] + b", " + token if values[-1].strip() else token
+    headers.setRawHeaders(b"vary", values)
 
 
 # kind -> fully qualified name of its class (imported on first use)

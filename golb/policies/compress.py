@@ -16,7 +16,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from zope.interface import implementer
 
-from golb.policies import IBodyFilter, Policy
+from golb.policies import IBodyFilter, Policy, addVary
 
 __all__ = ["Compress", "GzipFilter", "TypeMatcher", "acceptsGzip"]
 
@@ -154,26 +154,6 @@ def _declaredLength(headers) -> Optional[int]:
         return None
 
 
-def _addVary(headers, token: bytes) -> None:
-    """
-    Add C{token} to the response's C{Vary} unless it is already there (or
-    C{Vary: *} is), keeping the values already present.
-    """
-    values = headers.getRawHeaders(b"vary")
-    if not values:
-        headers.setRawHeaders(b"vary", [token])
-        return
-    lower = token.lower()
-    for value in values:
-        for item in value.split(b","):
-            item = item.strip().lower()
-            if item == lower or item == b"*":
-                return
-    values = list(values)
-    values[-1] = values[-1] + b", " + token if values[-1].strip() else token
-    headers.setRawHeaders(b"vary", values)
-
-
 def windowFor(length: Optional[int]) -> Tuple[int, int]:
     """
     The zlib window bits and memory level for a body of C{length} bytes:
@@ -289,7 +269,7 @@ class Compress(Policy):
             or _noTransform(headers.getRawHeaders(b"cache-control"))
         ):
             return None
-        _addVary(headers, b"Accept-Encoding")
+        addVary(headers, b"Accept-Encoding")
         if head:
             return None
         if not acceptsGzip(request.requestHeaders.getRawHeaders(b"accept-encoding")):

@@ -17,7 +17,7 @@ from typing import FrozenSet, List, Optional, Sequence, Tuple
 
 from twisted.logger import Logger
 
-from golb.policies import Answer, Policy
+from golb.policies import Answer, Policy, addVary
 
 __all__ = ["Cors", "OriginMatcher", "normalizeOrigin"]
 
@@ -133,26 +133,6 @@ class OriginMatcher:
         return False
 
 
-def _addVary(headers, token: bytes) -> None:
-    """
-    Add C{token} to the response's C{Vary} unless it is already there (or
-    C{Vary: *} is), keeping the values already present.
-    """
-    values = headers.getRawHeaders(b"vary")
-    if not values:
-        headers.setRawHeaders(b"vary", [token])
-        return
-    lower = token.lower()
-    for value in values:
-        for item in value.split(b","):
-            item = item.strip().lower()
-            if item == lower or item == b"*":
-                return
-    values = list(values)
-    values[-1] = values[-1] + b", " + token if values[-1].strip() else token
-    headers.setRawHeaders(b"vary", values)
-
-
 def _requestedHeaders(values: Optional[List[bytes]]) -> bytes:
     """
     The header names of C{Access-Control-Request-Headers}, lowercased and
@@ -263,7 +243,7 @@ class Cors(Policy):
             if self.exposeHeaders is not None:
                 headers.setRawHeaders(_ACEH, [self.exposeHeaders])
             return None
-        _addVary(headers, b"Origin")
+        addVary(headers, b"Origin")
         origin = self._origin(request)
         if origin is None:
             return None
