@@ -6,11 +6,11 @@ from typing import Callable, Dict, Optional
 
 from twisted.application.service import Service
 from twisted.internet import task
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import DeferredList, maybeDeferred
 from twisted.logger import Logger
-from twisted.web.http import HTTPChannel
 from twisted.web.server import Site
 
+from golb._tracked import TrackedChannel
 from golb.admin._auth import CSRF, Authenticator
 from golb.admin._records import AuditLog, ErrorLog, RateMeter
 from golb.admin.site import AdminResource
@@ -24,24 +24,6 @@ class AdminStartError(Exception):
     """
 
 
-class _Channel(HTTPChannel):
-    """
-    A connection to the admin site, remembered so that stopping the service
-    can close it.
-    """
-
-    def connectionMade(self):
-        HTTPChannel.connectionMade(self)
-        self.gone = Deferred()
-        self.site.channels.add(self)
-
-    def connectionLost(self, reason):
-        self.site.channels.discard(self)
-        HTTPChannel.connectionLost(self, reason)
-        if not self.gone.called:
-            self.gone.callback(None)
-
-
 class AdminSite(Site):
     """
     The admin site: quiet (no Twisted access log line per request: the
@@ -50,7 +32,7 @@ class AdminSite(Site):
     @ivar channels: the open connections.
     """
 
-    protocol = _Channel
+    protocol = TrackedChannel
     noisy = False
     displayTracebacks = False
 

@@ -41,13 +41,13 @@ from prometheus_client.metrics_core import (
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.utils import floatToGoString
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import DeferredList, maybeDeferred
 from twisted.logger import Logger
-from twisted.web.http import HTTPChannel
 from twisted.web.resource import NoResource, Resource
 from twisted.web.server import Site
 
 from golb import __version__
+from golb._tracked import TrackedChannel
 from golb.observe import Observer
 from golb.pool import ADMIN_STATES
 
@@ -728,30 +728,12 @@ class _PathResource(Resource):
         return self.page.render(request)
 
 
-class _Channel(HTTPChannel):
-    """
-    An HTTP connection to the metrics site, remembered so that stopping the
-    service can close it.
-    """
-
-    def connectionMade(self):
-        HTTPChannel.connectionMade(self)
-        self.gone = Deferred()
-        self.site.channels.add(self)
-
-    def connectionLost(self, reason):
-        self.site.channels.discard(self)
-        HTTPChannel.connectionLost(self, reason)
-        if not self.gone.called:
-            self.gone.callback(None)
-
-
 class _MetricsSite(Site):
     """
     The metrics site: quiet (no access log line per scrape).
     """
 
-    protocol = _Channel
+    protocol = TrackedChannel
     noisy = False
     displayTracebacks = False
 
