@@ -131,6 +131,8 @@ class GolbService(MultiService):
 
     serverOptions = None
     logObserver = None
+    #: with C{workers: N}, the parent's L{golb.workers.WorkerSupervisor}
+    supervisor = None
 
     def __init__(self, golb, reactor=None, clock=None):
         MultiService.__init__(self)
@@ -273,6 +275,9 @@ class GolbService(MultiService):
         listeners' changes.
         """
         if ok and self.running and not self._stopping:
+            if self.supervisor is not None:
+                self.supervisor.reloaded(ok)
+                return
             d = self.updateListeners()
             d.addErrback(lambda f: self.log.failure("updating the listeners failed", f))
 
@@ -509,11 +514,14 @@ class ListenerService(StreamServerEndpointService):
         return StreamServerEndpointService.stopService(self)
 
 
-def listenerService(golb, listener, reactor) -> ListenerService:
+def listenerService(golb, listener, reactor, sockets=None) -> ListenerService:
     """
     The service listening for one configured listener (named
     C{listener:<name>}), serving a L{listenerSite}; HTTPS listeners through
     L{golb.tls.ServerTLS}.
+
+    @param sockets: in a worker, the sockets the parent bound, C{{name:
+        (file descriptor, address family)}}: the listener adopts its own.
 
     @raise golb.tls.TLSConfigError: a TLS listener's files cannot serve.
     """
@@ -526,6 +534,17 @@ def listenerService(golb, listener, reactor) -> ListenerService:
         endpoint = tlsEndpoint(reactor, listener, serverTLS)
     else:
         endpoint = serverFromString(reactor, listenerDescription(listener))
+    if sockets is not None:
+        from twisted.internet.endpoints import AdoptedStreamServerEndpoint
+
+        fd, family = sockets[listener.name]
+        adopted = AdoptedStreamServerEndpoint(reactor, fd, family)
+        if serverTLS is not None:
+            from golb.tls import TLSServerEndpoint
+
+            endpoint = TLSServerEndpoint(adopted, serverTLS, reactor)
+        else:
+            endpoint = adopted
     service = ListenerService(endpoint, site)
     service._raiseSynchronously = True
     service.setName(f"listener:{listener.name}")
@@ -556,14 +575,14 @@ def makeService(options, reactor=None) -> GolbService:
     golb = Golb(config, reactor=reactor)
     root = GolbService(golb, reactor if signals else None, clock=reactor)
     root.serverOptions = getattr(options, "parent", None)
-    from golb.tls import TLSConfigError
 
-    for listener in config.listeners:
-        try:
-            service = listenerService(golb, listener, reactor)
-        except TLSConfigError as e:
-            raise SystemExit("\n".join(f"golb: {problem}" for problem in e.problems)) from None
-        service.setServiceParent(root)
+    if config.workers > 1:
+        from golb.workers import WorkerSupervisor
+
+        root.supervisor = WorkerSupervisor(golb, reactor)
+        root.supervisor.setServiceParent(root)
+    else:
+        _addListeners(root, golb, config, reactor)
     AdminService(golb, reactor).setServiceParent(root)
     if config.demo.backends > 0:
         demo = DemoService(config.demo.backends, config.demo.base_port, reactor=reactor)
@@ -581,6 +600,50 @@ def makeService(options, reactor=None) -> GolbService:
 
         ManholeService(golb, config.manhole, reactor=reactor).setServiceParent(root)
     access = config.monitoring.logging.access_log
+    if access.enabled and config.workers <= 1:
+        AccessLogService(golb.observatory, access, reactor).setServiceParent(root)
+    return root
+
+
+def _addListeners(root, golb, config, reactor, sockets=None) -> None:
+    from golb.tls import TLSConfigError
+
+    for listener in config.listeners:
+        try:
+            service = listenerService(golb, listener, reactor, sockets)
+        except TLSConfigError as e:
+            raise SystemExit("\n".join(f"golb: {problem}" for problem in e.problems)) from None
+        service.setServiceParent(root)
+
+
+def makeWorkerService(config, reactor, sockets, index: int) -> GolbService:
+    """
+    The service tree of one worker of C{workers: N} (see L{golb.workers}):
+    the listeners on the sockets the parent passed (C{{name: (fd,
+    family)}}), discovery, tracing and the access log; health checks, the
+    admin site, metrics endpoint and Manhole are the parent's.
+    """
+    from golb.app import Golb
+    from golb.discovery import DiscoveryService
+    from golb.observe.logs import AccessLogService
+    from golb.observe.metrics import metricsFor
+    from golb.observe.tracing import TracingService, TracingUnavailable
+
+    golb = Golb(config, reactor=reactor)
+    golb.workerIndex = index
+    root = GolbService(golb, reactor)
+    _addListeners(root, golb, config, reactor, sockets)
+    DiscoveryService(golb, reactor).setServiceParent(root)
+    try:
+        TracingService(golb, reactor).setServiceParent(root)
+    except TracingUnavailable as e:
+        raise SystemExit(f"golb: {e}") from None
+    access = config.monitoring.logging.access_log
     if access.enabled:
         AccessLogService(golb.observatory, access, reactor).setServiceParent(root)
+    if config.monitoring.prometheus.enabled:
+        metrics = metricsFor(golb)
+        for child in root._listeners():
+            metrics.addSite(child.factory, child.name[len("listener:"):])
+        metrics.attach()
     return root

@@ -216,6 +216,9 @@ def openapi() -> Dict[str, Any]:
                 "audit": {"type": "array", "items": _ref("AuditEntry")}}}, "the audit trail")},
         "/api/v1/errors": {"get": _get(
             "Recent errors golb answered itself, newest first", obj, "the errors")},
+        "/api/v1/workers": {"get": _get(
+            "The worker processes of workers: N (an empty list with one process)", obj,
+            "the workers")},
         "/api/v1/openapi.json": {"get": _get("This document", obj, "OpenAPI 3")},
     }
     return {

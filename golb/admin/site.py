@@ -97,6 +97,7 @@ _ROUTES = [
     _Route("/api/v1/explain", {b"GET": "apiExplain"}, True),
     _Route("/api/v1/audit", {b"GET": "apiAudit"}, True),
     _Route("/api/v1/errors", {b"GET": "apiErrors"}, True),
+    _Route("/api/v1/workers", {b"GET": "apiWorkers"}, True),
     _Route("/api/v1/openapi.json", {b"GET": "apiOpenAPI"}, True),
 ]
 
@@ -438,6 +439,13 @@ class AdminResource:
     def apiErrors(self, request, identity):
         self._json(request, {"errors": self.errors.recent(),
                              "by_code": dict(self.errors.counts)})
+
+    def apiWorkers(self, request, identity):
+        supervisor = getattr(self.golb, "workers", None)
+        self._json(request, {
+            "workers": supervisor.describe() if supervisor is not None else [],
+            "restarts": supervisor.restarts if supervisor is not None else 0,
+        })
 
     def apiOpenAPI(self, request, identity):
         self._json(request, openapi())

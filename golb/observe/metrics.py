@@ -44,12 +44,14 @@ from twisted.application.service import Service
 from twisted.internet.defer import DeferredList, maybeDeferred
 from twisted.logger import Logger
 from twisted.web.resource import NoResource, Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Site
 
 from golb import __version__
 from golb._tracked import TrackedChannel
 from golb.observe import Observer
 from golb.pool import ADMIN_STATES
+
+_log = Logger()
 
 __all__ = [
     "BUCKETS",
@@ -318,10 +320,21 @@ class GolbCollector:
         """
         return list(self.collect())
 
+    #: family names left to another collector (the workers' sums, see
+    #: L{golb.workers})
+    exclude = frozenset()
+
     def collect(self):
         """
         Every family, with the current values.
         """
+        families = self._families()
+        exclude = self.exclude
+        if exclude:
+            families = (family for family in families if family.name not in exclude)
+        yield from families
+
+    def _families(self):
         yield from self._requestFamilies()
         yield from self._upstreamFamilies()
         yield from self._poolFamilies()
@@ -593,6 +606,19 @@ class Metrics:
         ProcessCollector(registry=self.registry)
         self.attached = False
         self._healthServices = []
+        self.supervisor = None
+
+    def useWorkers(self, supervisor) -> None:
+        """
+        Serve the request and connection counts of C{workers: N}'s worker
+        processes (a L{golb.workers.WorkerSupervisor}), added up at each
+        scrape, instead of this process's own.
+        """
+        from golb.workers import WORKER_FAMILIES
+
+        self.supervisor = supervisor
+        self.collector.exclude = WORKER_FAMILIES
+        self.registry.register(supervisor.families)
 
     def attach(self) -> None:
         """
@@ -693,11 +719,42 @@ class MetricsResource(Resource):
         return body
 
     def render_GET(self, request) -> bytes:
+        if self.metrics.supervisor is not None:
+            return self._afterScrape(request, True)
         return self._body(request)
 
     def render_HEAD(self, request) -> bytes:
+        if self.metrics.supervisor is not None:
+            return self._afterScrape(request, False)
         self._body(request)
         return b""
+
+    def _afterScrape(self, request, withBody: bool):
+        """
+        With workers: gather their counts, then answer.
+        """
+        finished = []
+        request.notifyFinish().addBoth(finished.append)
+        d = self.metrics.supervisor.scrape()
+
+        def answer(_):
+            if finished:
+                return
+            body = self._body(request)
+            if withBody:
+                request.write(body)
+            request.finish()
+
+        def failed(failure):
+            _log.failure("gathering the workers' metrics failed", failure)
+            if not finished:
+                request.setResponseCode(500)
+                request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+                request.write(b"gathering the workers' metrics failed\n")
+                request.finish()
+
+        d.addCallback(answer).addErrback(failed)
+        return NOT_DONE_YET
 
 
 def metricsResource(golb) -> MetricsResource:
