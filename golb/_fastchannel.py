@@ -25,7 +25,7 @@ same.
 import re
 
 from twisted.web.http import HTTPChannel, _MalformedChunkedDataError, _nameEncoder
-from twisted.web.http_headers import InvalidHeaderName
+from twisted.web.http_headers import Headers, InvalidHeaderName
 from twisted.web.iweb import INonQueuedRequestFactory
 
 from golb._channel import (
@@ -42,6 +42,7 @@ from golb._channel import (
     _parseContentLength,
     _StrictChunkedDecoder,
 )
+from golb._writes import directWrite, dispatching, holdHead
 from golb.errors import GolbError
 
 __all__ = ["FastChannel"]
@@ -184,6 +185,55 @@ class FastChannel(GolbChannel):
         else:
             HTTPChannel.timeoutConnection(self)
 
+    # Writing
+
+    _heldHead = None
+
+    def writeHeaders(self, version, code, reason, headers):
+        """
+        Write a response head in one piece; while a C{dataReceived} is being
+        handled (see L{golb._writes}), keep it back to leave with the first
+        body bytes.
+        """
+        if not isinstance(headers, Headers):
+            HTTPChannel.writeHeaders(self, version, code, reason, headers)
+            return
+        parts = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                parts += (name, b": ", value, b"\r\n")
+        parts.append(b"\r\n")
+        head = b"".join(parts)
+        if code != b"101" and self._heldHead is None and holdHead(self):
+            self._heldHead = head
+        else:
+            self.flushHead()
+            directWrite(self.transport, head)
+
+    def flushHead(self) -> None:
+        """
+        Send the response head kept back, if any.
+        """
+        head = self._heldHead
+        if head is not None:
+            self._heldHead = None
+            if self.transport is not None:
+                directWrite(self.transport, head)
+
+    def write(self, data):
+        head = self._heldHead
+        if head is not None:
+            self._heldHead = None
+            data = head + data
+        directWrite(self.transport, data)
+
+    def writeSequence(self, iovec):
+        self.write(b"".join(iovec))
+
+    def loseConnection(self):
+        self.flushHead()
+        return HTTPChannel.loseConnection(self)
+
     # Reading
 
     def dataReceived(self, data):
@@ -193,6 +243,10 @@ class FastChannel(GolbChannel):
         """
         if self._golbState == _DEAD or self._fastIgnore:
             return
+        with dispatching:
+            self._dataReceived(data)
+
+    def _dataReceived(self, data):
         self.resetTimeout()
         if self._handlingRequest:
             dataBuffer = self._dataBuffer
@@ -569,6 +623,7 @@ class FastChannel(GolbChannel):
         """
         The response is finished: parse the next request or close.
         """
+        self.flushHead()
         if self._golbState != _DEAD:
             self._golbState = _IDLE if self.persistent else _CLOSING
         if request is not self.requests[0]:

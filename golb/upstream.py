@@ -48,6 +48,7 @@ from golb._http11client import (
     UpstreamTunnel,
     requestHead,
 )
+from golb._writes import directWrite, dispatching
 from golb.errors import GolbError
 
 __all__ = [
@@ -387,7 +388,7 @@ class _UpstreamProtocol(Protocol):
         self._response = None
         transport = self.transport
         if body is None:
-            transport.write(head)
+            directWrite(transport, head)
         elif fileBody:
             transport.write(head)
             self._setTimer(_T_HEAD, self._pool.responseHeaderTimeout)
@@ -395,7 +396,7 @@ class _UpstreamProtocol(Protocol):
             self._producer.start()
             return
         elif len(body) < FILE_CHUNK:
-            transport.write(head + body)
+            directWrite(transport, head + body)
         else:
             transport.writeSequence([head, body])
         self._setTimer(_T_HEAD, self._pool.responseHeaderTimeout)
@@ -421,6 +422,10 @@ class _UpstreamProtocol(Protocol):
     # -- receiving
 
     def dataReceived(self, data: bytes) -> None:
+        with dispatching:
+            self._dataReceived(data)
+
+    def _dataReceived(self, data: bytes) -> None:
         parser = self._parser
         if parser is not None:
             self._received = True
