@@ -28,6 +28,7 @@ __all__ = [
     "errorBody",
     "rawErrorResponse",
     "renderError",
+    "renderGrpcError",
     "wantsJSON",
 ]
 
@@ -135,6 +136,11 @@ def renderError(request, error: GolbError) -> None:
     record = getattr(request, "record", None)
     if record is not None:
         record.error = error.code
+    from golb.grpc import isGrpc
+
+    if isGrpc(request.requestHeaders.getRawHeaders(b"content-type", [None])[0]):
+        renderGrpcError(request, error)
+        return
     asJSON = wantsJSON(request.requestHeaders.getRawHeaders(b"accept", [None])[0])
     contentType, body = errorBody(error.status, error.code, error.message, asJSON)
     request.setResponseCode(error.status, RESPONSES.get(error.status))
@@ -149,6 +155,27 @@ def renderError(request, error: GolbError) -> None:
         request.finish()
         return
     request.write(body)
+    request.finish()
+
+
+def renderGrpcError(request, error: GolbError) -> None:
+    """
+    Answer a gRPC C{request} with C{error} the way gRPC clients read errors:
+    HTTP 200, C{application/grpc}, and the status in C{grpc-status} and
+    C{grpc-message} (a "trailers-only" response: no messages, the status in
+    the head).  C{X-Golb-Error} names golb's error as for other requests.
+    """
+    from golb.grpc import percentEncodeMessage, statusForError
+
+    code, message = statusForError(error)
+    request.setResponseCode(200)
+    headers = request.responseHeaders
+    headers.setRawHeaders(b"content-type", [b"application/grpc"])
+    headers.setRawHeaders(b"grpc-status", [b"%d" % (code,)])
+    headers.setRawHeaders(b"grpc-message", [percentEncodeMessage(message)])
+    headers.setRawHeaders(b"x-golb-error", [error.code.encode("ascii")])
+    for name, value in error.headers:
+        headers.addRawHeader(name, value)
     request.finish()
 
 
