@@ -1,10 +1,11 @@
 """
-The client-facing HTTP/1.1 server of a golb listener.
+The client-facing HTTP/1.1 (and HTTP/2) server of a golb listener.
 
 A L{GolbSite} serves one listener: its connections are
 L{golb._fastchannel.FastChannel}s (a L{GolbChannel} that parses each request
 head in one pass), strict about framing and limits (see L{golb._channel}),
-and its requests are
+or L{golb._h2server.H2Channel}s when TLS negotiated C{h2} or, with C{h2c},
+a plain connection starts with the HTTP/2 preface; its requests are
 L{GolbRequest}s, which know their real client address and scheme.  Requests
 reach the resource only once complete and unambiguous; the body is buffered
 by Twisted in C{request.content} (memory, or a temporary file above 100 kB),
@@ -17,7 +18,7 @@ from typing import Optional, Sequence, Tuple, Union
 from twisted.web.server import Request, Site
 
 from golb._channel import GolbChannel
-from golb._fastchannel import FastChannel
+from golb._h2server import SwitchingChannel
 from golb.errors import GolbError
 
 __all__ = ["GolbChannel", "GolbRequest", "GolbSite", "parseAddress"]
@@ -93,6 +94,11 @@ class GolbRequest(Request):
     @ivar listenerName: the name of the listener that received the request.
     @ivar originalHost: the client's C{Host} values before policies ran
         (L{None} when the route has none).
+    @ivar bodyStream: on HTTP/2, the L{golb.streams.BodyStream} of a gRPC
+        request, which reached its resource before its body (then
+        C{content} is empty); else L{None}.
+    @ivar responseTrailers: trailer fields C{[(name, value)]} to send after
+        the response body when it is finished (HTTP/2 only), or L{None}.
 
     Unlike Twisted's, a response gets no default C{Content-Type}: a proxied
     response keeps exactly the headers its backend sent.
@@ -104,6 +110,8 @@ class GolbRequest(Request):
     record = None
     receivedAt = 0.0
     originalHost = None
+    bodyStream = None
+    responseTrailers = None
     _clientAddress: Optional[str] = None
     _scheme = "http"
 
@@ -243,12 +251,17 @@ class GolbSite(Site):
         WebSockets) currently open.
     @ivar maxHeaderCount: the most header fields in one request (431).
     @ivar maxRequestLineBytes: the longest request line (414).
+    @ivar h2c: whether a plain connection may start with the HTTP/2 preface
+        (HTTP/2 with prior knowledge).
+    @ivar maxConcurrentStreams: the most streams at once on one HTTP/2
+        connection.
     """
 
-    protocol = FastChannel
+    protocol = SwitchingChannel
     requestFactory = GolbRequest
     maxHeaderCount = 500
     maxRequestLineBytes = 8192
+    maxConcurrentStreams = 100
 
     def __init__(
         self,
@@ -262,6 +275,7 @@ class GolbSite(Site):
         trustedProxies: Sequence[Union[str, _Network]] = (),
         listenerName: str = "default",
         observatory=None,
+        h2c: bool = False,
     ):
         """
         @param resource: the root resource.
@@ -278,6 +292,8 @@ class GolbSite(Site):
         @param listenerName: the listener's name, for logs and metrics.
         @param observatory: the L{golb.observe.Observatory} told about
             requests, or L{None}.
+        @param h2c: serve HTTP/2 with prior knowledge on plain connections
+            that start with its preface.
         """
         Site.__init__(
             self,
@@ -297,6 +313,7 @@ class GolbSite(Site):
         )
         self.listenerName = listenerName
         self.observatory = observatory
+        self.h2c = h2c
         if reactor is None:
             from twisted.internet import reactor
         self.clock = reactor

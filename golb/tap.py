@@ -482,6 +482,7 @@ def listenerSite(golb, listener, reactor, **overrides):
         trustedProxies=golb.config.trusted_proxies,
         listenerName=listener.name,
         observatory=golb.observatory,
+        h2c=listener.http2.h2c,
     )
     args.update(overrides)
     if listener.redirect_to_https is not None:
