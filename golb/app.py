@@ -27,6 +27,7 @@ def _upstreamSettings(backend, poolConfig):
         poolConfig.timeouts.idle,
         poolConfig.tls,
         backend.address,
+        poolConfig.protocol,
     )
 
 
@@ -47,9 +48,11 @@ def _listenerTLSProblems(config) -> List[str]:
 def makeUpstream(reactor):
     """
     A factory for L{golb.pool.BackendRegistry}: builds each backend's
-    L{golb.upstream.UpstreamPool} from its pool's timeouts and keep-alive
+    L{golb.upstream.UpstreamPool} (L{golb.h2client.H2Pool} for pools with
+    C{protocol: h2} or C{h2c}) from its pool's timeouts and keep-alive
     settings, keeping the existing one when those did not change.
     """
+    from golb.h2client import H2Pool
     from golb.upstream import UpstreamPool
 
     def factory(backend: Backend, poolConfig, current):
@@ -57,11 +60,12 @@ def makeUpstream(reactor):
         if current is not None and getattr(current, "golbSettings", None) == settings:
             return current
         tls = None
+        h2 = poolConfig.protocol in ("h2", "h2c")
         if backend.scheme == "https":
             from golb.tls import upstreamCreator
 
-            tls = upstreamCreator(backend, poolConfig.tls)
-        upstream = UpstreamPool(
+            tls = upstreamCreator(backend, poolConfig.tls, [b"h2"] if h2 else ())
+        upstream = (H2Pool if h2 else UpstreamPool)(
             reactor,
             backend.address or backend.host,
             backend.port,

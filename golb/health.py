@@ -574,25 +574,48 @@ class TCPProbe:
         return d.addCallbacks(lambda _: _outcome(True, "connected"), failed)
 
 
-class _GRPCUntilHTTP2(TCPProbe):
+@implementer(IHealthProbe)
+class GRPCProbe(HTTPProbe):
     """
-    C{type: grpc} needs an HTTP/2 client for grpc.health.v1, which golb
-    does not have yet: until it does, a TCP connect stands in, and says so.
+    A C{grpc.health.v1.Health/Check} call for the server as a whole (service
+    C{""}) over HTTP/2 (h2 with ALPN for https backends, h2c for http ones):
+    the backend passes when it answers C{SERVING}.  Each backend's probes
+    share one HTTP/2 connection of their own, never one of client traffic.
     """
 
-    def __init__(self, config, poolConfig, reactor):
-        TCPProbe.__init__(self, config, poolConfig, reactor)
-        log.warn(
-            "pool {pool}: health_check type grpc is not supported yet (it needs HTTP/2);"
-            " probing with a TCP connect instead",
-            pool=poolConfig.name,
+    def _upstream(self, backend):
+        from golb.h2client import H2Pool
+
+        tls = None
+        if backend.scheme == "https":
+            from golb.tls import upstreamCreator
+
+            tls = upstreamCreator(backend, self.poolConfig.tls, [b"h2"])
+        timeout = self.config.timeout
+        return H2Pool(
+            self.reactor, _hostOf(backend), backend.port, tls=tls, maxIdle=1,
+            connectTimeout=timeout, responseHeaderTimeout=timeout, readTimeout=timeout,
         )
+
+    def check(self, backend) -> Deferred:
+        from golb.grpc import probeHealth
+
+        config = self.config
+        authority = config.host or backend.hostHeader.decode("ascii")
+        d = probeHealth(self._upstreamFor(backend), "", authority, config.timeout, self.reactor)
+
+        def outcome(reason):
+            if reason is None:
+                return _outcome(True, "grpc SERVING")
+            return _outcome(False, f"grpc: {reason}")
+
+        return d.addCallback(outcome)
 
 
 PROBES: Dict[str, Callable[..., IHealthProbe]] = {
     "http": HTTPProbe,
     "tcp": TCPProbe,
-    "grpc": _GRPCUntilHTTP2,
+    "grpc": GRPCProbe,
 }
 
 

@@ -289,13 +289,13 @@ class Pool:
             )
             needsConnection = queued or (
                 backend is not None and backend.upstream is not None
-                and not getattr(backend.upstream, "idleCount", 1)
+                and not _canReuse(backend.upstream)
             )
             if needsConnection and pending >= limits.max_pending:
                 return self._overflow("max_pending", limits.max_pending, "pending requests")
         if limits.max_connections and backend is not None and not queued:
             upstream = backend.upstream
-            if upstream is not None and not getattr(upstream, "idleCount", 1):
+            if upstream is not None and not _canReuse(upstream):
                 total = 0
                 spare = None
                 for member in self.backends:
@@ -433,6 +433,17 @@ class Pool:
         if not candidates:
             return None
         return self.balancer.pick(request, candidates)
+
+
+def _canReuse(upstream) -> bool:
+    """
+    Whether a request to C{upstream} can go out without a new connection: an
+    idle HTTP/1.1 connection, or an HTTP/2 one with a free stream.
+    """
+    capacity = getattr(upstream, "hasCapacity", None)
+    if capacity is not None:
+        return capacity
+    return bool(getattr(upstream, "idleCount", 1))
 
 
 class BackendRegistry:

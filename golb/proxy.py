@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import _nameEncoder
 
 from golb.errors import GolbError, renderError
+from golb.grpc import isGrpc, parseTimeout, percentEncodeMessage
 from golb.upstream import (
     ConnectFailed,
     ResponseHeaderTimeout,
@@ -305,6 +306,10 @@ def originForm(uri: bytes) -> bytes:
 def _failureKind(reason: Failure) -> Optional[str]:
     if reason.check(ConnectFailed):
         return "connect_failure"
+    if reason.check(UpstreamReset) and not reason.value.requestSent:
+        # never processed (HTTP/2 REFUSED_STREAM, or beyond a GOAWAY): as
+        # safe to send elsewhere as a failed connection
+        return "connect_failure"
     if reason.check(UpstreamReset):
         return "reset"
     if reason.check(ResponseHeaderTimeout):
@@ -348,7 +353,16 @@ class Exchange:
                 upgrade = values[0]
         self.upgrade = upgrade
         self.headers = headers._build(request, drop, upgrade)
-        self.body, self.bodyLength = _requestBody(request)
+        stream = getattr(request, "bodyStream", None)
+        self.stream = stream
+        if stream is not None:
+            self.body, self.bodyLength = stream, stream.length or 0
+        else:
+            self.body, self.bodyLength = _requestBody(request)
+        contentType = incoming.getRawHeaders(b"content-type")
+        self.grpc = contentType is not None and isGrpc(contentType[0])
+        self.deadline = None
+        self.expired = False
         self.context = context
         self.chain = chain
         self.filters = None
@@ -369,6 +383,11 @@ class Exchange:
         if self.record is not None:
             self.record.pool = self.pool.name
         self.request.notifyFinish().addErrback(self._clientLost)
+        if self.grpc:
+            timeout = parseTimeout(
+                (self.request.requestHeaders.getRawHeaders(b"grpc-timeout") or [None])[0])
+            if timeout is not None:
+                self.deadline = self.reactor.callLater(timeout, self._deadlineExpired)
         self._attempt(None)
 
     # Attempts
@@ -408,12 +427,21 @@ class Exchange:
             target = backend.pathPrefix.rstrip("/").encode("utf-8") + target
         headers = [(b"Host", host)]
         headers.extend(self.headers)
+        if self.grpc:
+            # hop-by-hop, so not copied from the client; gRPC servers want it
+            headers.append((b"TE", b"trailers"))
         if self.record is not None:
             self.attemptRecord = self.observatory.attemptStarted(
                 self.record, pool.name, backend, headers
             )
         body = self.body
-        if body is not None:
+        if self.stream is not None:
+            if not hasattr(backend.upstream, "hasCapacity"):
+                self._release()
+                self._fail(GolbError(
+                    "bad-gateway", "gRPC calls need a pool with protocol h2 or h2c."))
+                return
+        elif body is not None:
             body.seek(0, 0)
         upstreamRequest = UpstreamRequest(
             method=self.request.method,
@@ -494,6 +522,9 @@ class Exchange:
     def _mayRetry(self, kind: str) -> bool:
         if self.attemptsLeft <= 0 or self.clientGone or kind not in self.retryOn:
             return False
+        if self.expired or (self.stream is not None and self.stream.started):
+            # a streamed body cannot be sent twice
+            return False
         if kind != "connect_failure" and self.config.retries.idempotent_only:
             if not self.idempotent:
                 return False
@@ -516,6 +547,9 @@ class Exchange:
         if reason.check(CancelledError) or self.clientGone:
             if attempt is not None:
                 self.observatory.attemptFinished(self.record, attempt, error="cancelled")
+            if self.expired and not self.clientGone:
+                self._fail(GolbError("upstream-timeout", "The call's deadline was exceeded."))
+                return
             self._finishExchange()
             return
         if reason.check(GolbError):
@@ -646,13 +680,23 @@ class Exchange:
         self._release()
         response, self.response = self.response, None
         request = self.request
+        if self.done:
+            return
         if not self.clientGone:
             if response is not None:
                 request.unregisterProducer()
             if reason is None:
                 if self.filters is not None:
                     self._flushFilters()
+                trailers = getattr(response, "trailers", None)
+                if trailers:
+                    request.responseTrailers = list(trailers)
                 request.finish()
+            elif self.grpc and request.startedWriting:
+                # the call's messages so far went out: end it with a status
+                log.warn("{pool}: gRPC response from backend cut short: {reason}",
+                         pool=self.pool.name, reason=reason.getErrorMessage())
+                self._endGrpc(14, "The backend stream ended abnormally.")
             else:
                 log.warn(
                     "{pool}: response body from backend cut short: {reason}",
@@ -721,6 +765,50 @@ class Exchange:
             return
         self.done = True
         self.pool.active -= 1
+        deadline, self.deadline = self.deadline, None
+        if deadline is not None and deadline.active():
+            deadline.cancel()
+
+    def _deadlineExpired(self) -> None:
+        """
+        A gRPC call's C{grpc-timeout} is up: give up on the backend and end
+        the call with C{DEADLINE_EXCEEDED}, as a gRPC proxy must.
+        """
+        self.deadline = None
+        self.expired = True
+        if self.done or self.clientGone:
+            return
+        if self.queued is not None:
+            queued, self.queued = self.queued, None
+            if queued.active():
+                queued.cancel()
+            self.pool.unwait(self._dequeued)
+            self._fail(GolbError("upstream-timeout", "The call's deadline was exceeded."))
+        elif self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.cancel()
+        elif self.response is not None:
+            response, self.response = self.response, None
+            response.stopProducing()
+            self._release()
+            self.request.unregisterProducer()
+            self._endGrpc(4, "The call's deadline was exceeded.")
+
+    def _endGrpc(self, code: int, message: str) -> None:
+        """
+        End a gRPC response whose head went out with a status in trailers.
+        """
+        request = self.request
+        request.responseTrailers = [
+            (b"grpc-status", b"%d" % (code,)),
+            (b"grpc-message", percentEncodeMessage(message)),
+        ]
+        record = getattr(request, "record", None)
+        if record is not None:
+            record.error = "upstream-timeout" if code == 4 else "upstream-reset"
+        if not request.finished and not getattr(request, "_disconnected", False):
+            request.finish()
+        self._finishExchange()
 
     def _clientLost(self, reason: Failure) -> None:
         self.clientGone = True

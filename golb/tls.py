@@ -258,7 +258,7 @@ def trustRootFromFile(path: str):
     return ssl.trustRootFromCertificates(certificates)
 
 
-def upstreamCreator(backend, tlsConfig):
+def upstreamCreator(backend, tlsConfig, alpn=()):
     """
     The L{IOpenSSLClientConnectionCreator} for an https backend: SNI and
     verification against C{tls.server_name} (else the backend's host),
@@ -267,6 +267,7 @@ def upstreamCreator(backend, tlsConfig):
 
     @param backend: the L{golb.pool.Backend}.
     @param tlsConfig: its pool's L{golb.config.UpstreamTLSConfig}.
+    @param alpn: protocols to offer with ALPN (C{[b"h2"]} for h2 pools).
     """
     serverName = tlsConfig.server_name or backend.host
     if tlsConfig.ca:
@@ -281,9 +282,10 @@ def upstreamCreator(backend, tlsConfig):
             keyPEM = f.read()
         clientCertificate = ssl.PrivateCertificate.loadPEM(certPEM + b"\n" + keyPEM)
     if not tlsConfig.verify:
-        return _Unverified(serverName, clientCertificate)
+        return _Unverified(serverName, clientCertificate, alpn)
     return ssl.optionsForClientTLS(
-        serverName, trustRoot=trustRoot, clientCertificate=clientCertificate
+        serverName, trustRoot=trustRoot, clientCertificate=clientCertificate,
+        acceptableProtocols=list(alpn) or None,
     )
 
 
@@ -294,11 +296,12 @@ class _Unverified:
     the backend's certificate: C{tls.verify: false}.
     """
 
-    def __init__(self, serverName: str, clientCertificate=None):
+    def __init__(self, serverName: str, clientCertificate=None, alpn=()):
         options = ssl.CertificateOptions(
             verify=False,
             privateKey=clientCertificate.privateKey.original if clientCertificate else None,
             certificate=clientCertificate.original if clientCertificate else None,
+            acceptableProtocols=list(alpn) or None,
         )
         self._context = options.getContext()
         self._serverName = serverName.encode("idna")
