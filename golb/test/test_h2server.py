@@ -71,6 +71,7 @@ class Response:
         self.trailers: Optional[List] = None
         self.ended = False
         self.reset: Optional[int] = None
+        self.endedWithHeaders = False
 
     @property
     def status(self) -> int:
@@ -129,6 +130,7 @@ class H2Client:
             response = self.responses.setdefault(stream, Response()) if stream else None
             if isinstance(event, h2.events.ResponseReceived):
                 response.headers = event.headers
+                response.endedWithHeaders = event.stream_ended is not None
             elif isinstance(event, h2.events.InformationalResponseReceived):
                 response.informational.append(event.headers)
             elif isinstance(event, h2.events.DataReceived):
@@ -899,6 +901,47 @@ class TrailerTests(H2TestCase):
         self.assertEqual(response.data, b"")
         self.assertEqual(response.trailers, [(b"grpc-status", b"12")])
         self.assertTrue(response.ended)
+
+    def test_statusInHead(self):
+        """
+        A response finished without a body or trailers is one HEADERS frame
+        ending the stream, as gRPC's "trailers-only" answers must be: the
+        status in the head, no empty DATA frame after it.
+        """
+        self.makeSite(resource=Recorder(hold=True))
+        client = self.client()
+        streamID = client.request(_get(method=b"POST"))
+        (request,) = self.resource.requests
+        request.setHeader(b"content-type", b"application/grpc")
+        request.setHeader(b"grpc-status", b"14")
+        request.finish()
+        client.pump()
+        response = client.responses[streamID]
+        self.assertTrue(response.endedWithHeaders)
+        self.assertIn((b"grpc-status", b"14"), response.headers)
+        self.assertEqual((response.data, response.trailers), (b"", None))
+
+    def test_headAlone(self):
+        """
+        A head written without body bytes (the body comes later) goes out on
+        the next turn of the reactor, without ending the stream.
+        """
+        self.makeSite(resource=Recorder(hold=True))
+        client = self.client()
+        streamID = client.request(_get(method=b"POST"))
+        (request,) = self.resource.requests
+        request.write(b"")
+        client.pump()
+        self.assertNotIn(streamID, client.responses)
+        self.clock.advance(0)
+        client.pump()
+        response = client.responses[streamID]
+        self.assertFalse(response.endedWithHeaders)
+        self.assertEqual(response.status, 200)
+        request.write(b"later")
+        request.finish()
+        client.pump()
+        self.assertEqual((response.data, response.ended), (b"later", True))
 
     def test_trailersWaitForWindow(self):
         """
