@@ -24,4 +24,7 @@ CFG=${GOLB_PEERS_YAML:-$(mktemp /tmp/golb-peers-XXXXXX.yaml)}
   echo "admin: {enabled: false}"
 } >"$CFG"
 TWISTD=${GOLB_TWISTD:-$HERE/../.venv/bin/twistd}
+# PyPy's default nursery (half the L2 cache) makes a minor collection every few
+# requests; 16 MB is what docs/performance.md recommends (CPython ignores it).
+export PYPY_GC_NURSERY=${PYPY_GC_NURSERY:-16MB}
 exec "$TWISTD" -n --pidfile= golb --config "$CFG"
