@@ -28,8 +28,9 @@ $(STAMP): $(PY) setup.py pyproject.toml $(wildcard constraints/*.txt)
 
 install: $(STAMP)
 
+# PYPY_GC_NURSERY: see docs/performance.md (CPython ignores it)
 run: install
-	$(VENV)/bin/twistd -n --pidfile= golb --config $(CONFIG)
+	PYPY_GC_NURSERY=$${PYPY_GC_NURSERY:-16MB} $(VENV)/bin/twistd -n --pidfile= golb --config $(CONFIG)
 
 lint: install
 	$(VENV)/bin/ruff check golb twisted $(wildcard bench)
