@@ -256,7 +256,8 @@ class GolbChannel(HTTPChannel):
         silently; one idle in the middle of a request is answered 408.
         """
         if self._golbState in _READING and (
-            self._golbState != _IDLE or self._buffer or self._golbRequestTimer is not None
+            self._golbState != _IDLE or self._buffer.strip(b"\r\n")
+            or self._golbRequestTimer is not None
         ):
             self.rejectAndClose(GolbError("request-timeout"))
         else:
@@ -274,9 +275,9 @@ class GolbChannel(HTTPChannel):
             return
         if (
             state == _IDLE
-            and data
             and self._golbRequestTimer is None
             and self.requestHeaderTimeout is not None
+            and data.strip(b"\r\n")
         ):
             self._golbRequestTimer = self.callLater(
                 self.requestHeaderTimeout, self._golbRequestTimedOut

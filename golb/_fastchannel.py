@@ -179,7 +179,7 @@ class FastChannel(GolbChannel):
             self._fastIdleFired = True
             return
         if state in _READING and (
-            state != _IDLE or self._buffer or self._fastDeadline is not None
+            state != _IDLE or self._buffer.strip(b"\r\n") or self._fastDeadline is not None
         ):
             self.rejectAndClose(GolbError("request-timeout"))
         else:
@@ -257,10 +257,11 @@ class FastChannel(GolbChannel):
             ):
                 self._networkProducer.pauseProducing()
             return
-        if self._golbState == _IDLE and data and self._fastDeadline is None:
+        if self._golbState == _IDLE and self._fastDeadline is None and data.strip(b"\r\n"):
             # GolbChannel's rule: bytes arriving between requests start the
             # request timer (a request pipelined behind one answered while
-            # parsing the same bytes gets none, only the idle timeout).
+            # parsing the same bytes gets none, only the idle timeout);
+            # empty lines before a request are ignored (RFC 9112, 2.2)
             self._startRequestTimer()
         if self._buffer:
             self._buffer += data
@@ -647,7 +648,7 @@ class FastChannel(GolbChannel):
         if self._buffer and self._golbState == _IDLE:
             # bytes of the next request are already here (pipelined, even in
             # the same packet): it must arrive within the request timeout
-            if self._fastDeadline is None:
+            if self._fastDeadline is None and self._buffer.strip(b"\r\n"):
                 self._startRequestTimer()
             if not self._fastParsing:
                 self._parse()
