@@ -95,7 +95,7 @@ def _canImportGrpc(python: str) -> bool:
     try:
         result = subprocess.run(
             [python, "-c", "import grpc"], stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, timeout=30,
+            stderr=subprocess.DEVNULL, timeout=30, env=_environment(),
         )
     except (OSError, subprocess.SubprocessError):
         return False
@@ -141,7 +141,9 @@ def requireGrpcPython() -> str:
 
 def _environment() -> Dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
+    # not the test run's own PYTHONPATH: trial -j sets it to its sys.path,
+    # which on PyPy would put PyPy's packages before the CPython ones
+    env["PYTHONPATH"] = ROOT
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
