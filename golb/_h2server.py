@@ -32,7 +32,8 @@ Malformed requests (pseudo-header fields missing, repeated, unknown or
 after regular fields, upper-case or connection-specific fields) reset
 their stream with C{PROTOCOL_ERROR}; errors golb can answer (a missing
 Host, too many fields, a body over C{maxBodyBytes}, a body not received in
-time) get golb's error response, then the stream is reset with
+time) get golb's error response (for gRPC calls, the error's gRPC status,
+also once the call is with the proxy), then the stream is reset with
 C{NO_ERROR} when the client is still sending.  Connection errors (found by
 C{h2}) end the connection with a GOAWAY carrying their error code; C{h2}
 also makes connection errors of a few stream errors: a body that does not
@@ -114,6 +115,19 @@ def isGRPC(contentType: Optional[bytes]) -> bool:
     if not contentType or not contentType[:16].lower() == b"application/grpc":
         return False
     return len(contentType) == 16 or contentType[16:17] in (b"+", b";", b" ")
+
+
+def _grpcStatusFields(error: GolbError) -> List[Header]:
+    """
+    The C{grpc-status}, C{grpc-message} and C{X-Golb-Error} fields telling
+    a gRPC client about C{error}.
+    """
+    from golb.grpc import percentEncodeMessage, statusForError
+
+    code, message = statusForError(error)
+    return [(b"grpc-status", b"%d" % (code,)),
+            (b"grpc-message", percentEncodeMessage(message)),
+            (b"x-golb-error", error.code.encode("ascii"))]
 
 
 def _checkFields(headers, raw: Optional[dict], maxCount: int):
@@ -368,12 +382,22 @@ class H2Stream:
 
     def rejectAndClose(self, error: GolbError) -> None:
         """
-        Answer the request with C{error} and stop reading it.  Once the
-        request is with its resource this resets the stream instead.
+        Answer the request with C{error} and stop reading it; a gRPC call
+        gets C{error} as its gRPC status.  Once the request is with its
+        resource this resets the stream instead, except for a gRPC call,
+        which ends with its status (L{_rejectCall}).
         """
         if self.closed or self._rejected:
             return
+        request = self.request
+        grpc = False
+        if request is not None:
+            contentType = request.requestHeaders.getRawHeaders(b"content-type")
+            grpc = bool(contentType) and isGRPC(contentType[0])
         if self._dispatched or self._headSent:
+            if grpc and not self._ending:
+                self._rejectCall(error)
+                return
             self._connection._resetStream(
                 self, ErrorCodes.CANCEL, ConnectionLost(f"request rejected: {error}")
             )
@@ -382,7 +406,6 @@ class H2Stream:
         self._cancelTimer()
         connection = self._connection
         connection._rejected(error.status, error.code)
-        request = self.request
         accept = None
         if request is not None:
             values = request.requestHeaders.getRawHeaders(b"accept")
@@ -390,14 +413,21 @@ class H2Stream:
             if request.content is not None:
                 request.content.close()
                 request.content = None
-        contentType, body = errorBody(error.status, error.code, error.message, wantsJSON(accept))
-        fields = [
-            (b":status", b"%d" % (error.status,)),
-            (b"content-type", contentType),
-            (b"content-length", b"%d" % (len(body),)),
-            (b"x-golb-error", error.code.encode("ascii")),
-            (b"cache-control", b"no-store"),
-        ]
+        if grpc:
+            # what gRPC clients read: a "trailers-only" response
+            fields = [(b":status", b"200"), (b"content-type", b"application/grpc"),
+                      *_grpcStatusFields(error)]
+            body = b""
+        else:
+            contentType, body = errorBody(error.status, error.code, error.message,
+                                          wantsJSON(accept))
+            fields = [
+                (b":status", b"%d" % (error.status,)),
+                (b"content-type", contentType),
+                (b"content-length", b"%d" % (len(body),)),
+                (b"x-golb-error", error.code.encode("ascii")),
+                (b"cache-control", b"no-store"),
+            ]
         for name, value in error.headers:
             fields.append((name.lower(), value))
         self._headSent = True
@@ -407,6 +437,39 @@ class H2Stream:
             self._outBytes += len(body)
         self._ending = True
         connection._wantSend(self)
+
+    def _rejectCall(self, error: GolbError) -> None:
+        """
+        End a gRPC call already with its resource (the proxy) with
+        C{error} as its gRPC status: in the head when no response began
+        (trailers-only), else in trailers after what was queued.  The
+        request is told the client went away, so the backend call is
+        cancelled, and the rest of the request body is dropped.
+        """
+        connection = self._connection
+        self._rejected = True
+        self._discard = True
+        self._cancelTimer()
+        status = _grpcStatusFields(error)
+        if self._headSent:
+            self._trailers = status
+        else:
+            self._headSent = True
+            self._head = [(b":status", b"200"), (b"content-type", b"application/grpc"),
+                          *status]
+        self._ending = True
+        reason = Failure(ConnectionLost(f"request rejected: {error}"))
+        request = self.request
+        record = getattr(request, "record", None)
+        if record is not None:
+            record.error = error.code
+        if request is not None and not request.finished:
+            request.connectionLost(reason)
+        body = self.bodyStream
+        if body is not None and not body.ended:
+            body.fail(reason)
+        if not self.closed:
+            connection._wantSend(self)
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         self.rejectAndClose(GolbError("bad-request"))
@@ -599,12 +662,15 @@ class H2Stream:
         self._out.clear()
         self._outBytes = 0
         self.producer = None
-        body = self.bodyStream
-        if body is not None and not body.ended:
-            body.fail(reason)
+        # The request first: the proxy then knows the client went away and
+        # cancels the backend call, instead of taking the failed body for
+        # a backend failure.
         request = self.request
         if request is not None and not request.finished and not self._rejected:
             request.connectionLost(reason)
+        body = self.bodyStream
+        if body is not None and not body.ended:
+            body.fail(reason)
 
     # -- sending
 
@@ -963,6 +1029,16 @@ class H2Channel(Protocol, TimeoutMixin):
         except Exception:
             self._log.failure("{peer}: HTTP/2 input could not be handled", peer=self._peer)
             self._goAway(ErrorCodes.INTERNAL_ERROR)
+            return
+        # h2 checks a frame's length only once the whole frame arrived: a
+        # frame header announcing more than SETTINGS_MAX_FRAME_SIZE would
+        # have golb buffer up to 16 MiB per connection first.
+        pending = getattr(self.conn.incoming_buffer, "_data", None)
+        if (pending is not None and len(pending) >= 9
+                and int.from_bytes(pending[:3], "big") > self.conn.max_inbound_frame_size):
+            self._log.debug("{peer}: HTTP/2 frame larger than SETTINGS_MAX_FRAME_SIZE",
+                            peer=self._peer)
+            self._goAway(ErrorCodes.FRAME_SIZE_ERROR)
             return
         # What the events make streams send (responses answered at once)
         # leaves in one piece after them, each last DATA frame carrying

@@ -568,7 +568,12 @@ class _Stream:
         response = self.response
         if kind == _T_HEAD and self.waitingForSource():
             self.lastActivity = now
-        elif kind == _T_BODY and response is not None and (response._paused or response._buffer):
+        elif kind == _T_BODY and (
+            (response is not None and (response._paused or response._buffer))
+            or self.waitingForSource()
+        ):
+            # a paused response, or a backend waiting for the client's next
+            # message (bidirectional streaming), is not an idle backend
             self.lastActivity = now
         remaining = self.lastActivity + self.timeout - now
         if remaining > 0:
@@ -647,19 +652,35 @@ class _H2Protocol(Protocol):
 
     def handshakeCompleted(self) -> None:
         self._handshakeDone = True
+        # ALPN is settled now: a backend that did not choose h2 will not
+        # send SETTINGS (an HTTP/1.1 server answers the preface with an
+        # error, or closes), so say why at once
+        if self._state == _SETUP and not self._alpnChoseH2():
+            return
         self._checkReady()
+
+    def _alpnChoseH2(self) -> bool:
+        """
+        Whether ALPN chose C{h2} (always, for h2c); if not, the setup fails
+        with L{UpstreamTLSFailed}.
+        """
+        pool = self._pool
+        if pool._tls is None:
+            return True
+        negotiated = getattr(self.transport, "negotiatedProtocol", None)
+        if negotiated == b"h2":
+            return True
+        self._setupFailed(UpstreamTLSFailed(
+            f"{pool.backend}: backend did not negotiate h2 (ALPN: "
+            f"{negotiated.decode('ascii', 'replace') if negotiated else 'none'})"))
+        return False
 
     def _checkReady(self) -> None:
         if self._state != _SETUP or not self._settingsReceived:
             return
+        if not self._alpnChoseH2():
+            return
         pool = self._pool
-        if pool._tls is not None:
-            negotiated = getattr(self.transport, "negotiatedProtocol", None)
-            if negotiated != b"h2":
-                self._setupFailed(UpstreamTLSFailed(
-                    f"{pool.backend}: backend did not negotiate h2 (ALPN: "
-                    f"{negotiated.decode('ascii', 'replace') if negotiated else 'none'})"))
-                return
         self._state = _READY
         self._cancelTimer()
         attempt, self._attempt = self._attempt, None

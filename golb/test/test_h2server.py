@@ -1130,14 +1130,20 @@ class StreamingTests(H2TestCase):
 
     def test_streamedTooLarge(self):
         """
-        A streamed body crossing C{maxBodyBytes} resets the stream.
+        A streamed gRPC body crossing C{maxBodyBytes} ends the call with
+        C{RESOURCE_EXHAUSTED} (the request is told its client went away, so
+        the proxy cancels the backend call); the client, still sending, is
+        told to stop.
         """
         client, streamID, request = self.start()
         request.maxBodyBytes = 4
         finished = request.notifyFinish()
         client.send(streamID, b"12345")
         self.failureResultOf(finished, ConnectionLost)
-        self.assertEqual(client.responses[streamID].reset, ErrorCodes.CANCEL)
+        response = client.responses[streamID]
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.header(b"grpc-status"), [b"8"])
+        self.assertEqual(response.reset, ErrorCodes.NO_ERROR)
 
 
 class ResetTests(H2TestCase):
