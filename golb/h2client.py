@@ -42,14 +42,8 @@ from h2.events import (
 )
 from h2.exceptions import NoAvailableStreamIDError
 from h2.settings import SettingCodes, Settings
-from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.abstract import isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
-from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    wrapClientTLS,
-)
 from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
@@ -71,6 +65,7 @@ from golb.upstream import (
     _connectError,
     _handshakeError,
     _isTLSError,
+    clientEndpoint,
 )
 
 __all__ = ["CONNECTION_WINDOW", "H2Call", "H2Pool", "H2Response"]
@@ -541,6 +536,10 @@ class _Stream:
     # -- timers
 
     def setTimer(self, kind: int, timeout: float) -> None:
+        if not timeout or timeout <= 0:
+            # a timeout of 0 is none (the configuration's "0 = none")
+            self.cancelTimer()
+            return
         reactor = self.protocol._reactor
         now = reactor.seconds()
         self.timerKind = kind
@@ -1146,6 +1145,8 @@ class _H2Protocol(Protocol):
 
     def _setTimer(self, kind: int, timeout: float) -> None:
         self._cancelTimer()
+        if not timeout or timeout <= 0:
+            return
         self._timerKind = kind
         self._timer = self._reactor.callLater(timeout, self._timerFired)
 
@@ -1339,15 +1340,7 @@ class H2Pool:
         self.responseHeaderTimeout = responseHeaderTimeout
         self.readTimeout = readTimeout
         self.maxConcurrentStreams = maxConcurrentStreams
-        if isIPv6Address(host):
-            endpoint = TCP6ClientEndpoint(reactor, host, port, timeout=connectTimeout)
-        elif isIPAddress(host):
-            endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=connectTimeout)
-        else:
-            endpoint = HostnameEndpoint(reactor, host, port, timeout=connectTimeout)
-        if tls is not None:
-            endpoint = wrapClientTLS(tls, endpoint)
-        self._endpoint = endpoint
+        self._endpoint = clientEndpoint(reactor, host, port, connectTimeout, tls)
         self._attempts: List[_Attempt] = []
         self._ready: List[_H2Protocol] = []
         self._connections: set = set()

@@ -593,6 +593,10 @@ class _UpstreamProtocol(Protocol):
     # -- timers
 
     def _setTimer(self, kind: int, timeout: float) -> None:
+        if not timeout or timeout <= 0:
+            # a timeout of 0 is none (the configuration's "0 = none")
+            self._timerKind = _T_NONE
+            return
         now = self._seconds()
         self._timerKind = kind
         self._timeout = timeout
@@ -794,15 +798,7 @@ class UpstreamPool:
         self.connectTimeout = connectTimeout
         self.responseHeaderTimeout = responseHeaderTimeout
         self.readTimeout = readTimeout
-        if isIPv6Address(host):
-            endpoint = TCP6ClientEndpoint(reactor, host, port, timeout=connectTimeout)
-        elif isIPAddress(host):
-            endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=connectTimeout)
-        else:
-            endpoint = HostnameEndpoint(reactor, host, port, timeout=connectTimeout)
-        if tls is not None:
-            endpoint = wrapClientTLS(tls, endpoint)
-        self._endpoint = endpoint
+        self._endpoint = clientEndpoint(reactor, host, port, connectTimeout, tls)
         self._factory = _UpstreamFactory(self)
         self._idle: List[_UpstreamProtocol] = []
         self._active: set = set()
@@ -1006,6 +1002,28 @@ class UpstreamPool:
             self._closeWaiters = []
             for d in waiters:
                 d.callback(None)
+
+
+def clientEndpoint(reactor, host: str, port: int, connectTimeout: float, tls=None):
+    """
+    The endpoint a backend pool connects with: TCP to an IPv4 or IPv6
+    address, or to a host name (resolved, happy eyeballs), under TLS when
+    C{tls} is given.  A C{connectTimeout} of 0 is none.
+    """
+    timeout = connectTimeout if connectTimeout and connectTimeout > 0 else _NO_TIMEOUT
+    if isIPv6Address(host):
+        endpoint = TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
+    elif isIPAddress(host):
+        endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+    else:
+        endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
+    if tls is not None:
+        endpoint = wrapClientTLS(tls, endpoint)
+    return endpoint
+
+
+# what "no connect timeout" becomes for Twisted's endpoints (a day)
+_NO_TIMEOUT = 86400.0
 
 
 def _connectError(reason: Failure, pool: UpstreamPool) -> ConnectFailed:

@@ -899,3 +899,33 @@ backend_pools:
         response, _ = yield second
         self.assertEqual(response.code, 200)
         self.assertEqual(pool.overflows["max_pending"], 1)
+
+
+class NoTimeoutTests(ProxyTestCase):
+    """
+    A pool timeout of 0 is none, as the configuration documents.
+    """
+
+    @defer.inlineCallbacks
+    def test_zeroTimeoutsAreNone(self):
+        """
+        With C{connect}, C{response_header} and C{idle} at 0, a backend that
+        takes its time to answer and to stream is waited for.
+        """
+        def slow(request):
+            def head():
+                request.write(b"first ")
+                return deferLater(reactor, 0.05, rest)
+
+            def rest():
+                request.write(b"second")
+                request.finish()
+
+            deferLater(reactor, 0.05, head)
+            return NOT_DONE_YET
+
+        port, _ = listenBackend(self, FunctionResource(slow))
+        self.golb(port.getHost().port,
+                  extra="    timeouts: {connect: 0s, response_header: 0s, idle: 0s}\n")
+        response, body = yield self.get("/")
+        self.assertEqual((response.code, body), (200, b"first second"))
