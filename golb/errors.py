@@ -48,7 +48,7 @@ ERRORS = {
     "connect-failure": (502, "The backend refused or failed the connection."),
     "upstream-reset": (502, "The backend closed the connection before answering."),
     "invalid-response": (502, "The backend sent an invalid response."),
-    "upstream-tls": (502, "The backend's TLS certificate could not be verified."),
+    "upstream-tls": (502, "The TLS connection to the backend failed."),
     "no-backend": (503, "No healthy backend is available."),
     "circuit-open": (503, "The backend pool is overloaded (circuit open)."),
     "queue-timeout": (503, "Every backend stayed busy for too long."),
