@@ -855,7 +855,8 @@ class H2Channel(Protocol, TimeoutMixin):
         if openConnections is not None:
             openConnections.add(self)
         config = h2.config.H2Configuration(
-            client_side=False, header_encoding=None, validate_inbound_headers=False
+            client_side=False, header_encoding=None, validate_inbound_headers=False,
+            validate_outbound_headers=False, normalize_outbound_headers=False,
         )
         conn = self.conn = h2.connection.H2Connection(config=config)
         maxHeaderBytes = getattr(site, "maxHeaderBytes", 65536)
