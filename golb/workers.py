@@ -547,6 +547,14 @@ class WorkerSupervisor(Service):
 
         return d.addCallback(merge)
 
+    @property
+    def serving(self) -> bool:
+        """
+        Whether every worker is up and serving its sockets.
+        """
+        return len(self.workers) == self.count and all(
+            process.ready for process in self.workers.values())
+
     def describe(self) -> List[dict]:
         """
         The workers, for the admin API.

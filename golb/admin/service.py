@@ -108,7 +108,8 @@ class AdminService(Service):
         """
         Whether golb serves its listeners and has finished its first round
         of health checks: every backend of a pool with a C{health_check} has
-        had a probe (what C{/readyz} answers).  Once ready, it stays ready
+        had a probe (what C{/readyz} answers).  With C{workers: N}, every
+        worker must be serving too (not while one is being replaced).  Once ready, it stays ready
         until golb stops (later probe results do not make a whole instance
         unready).
         """
@@ -116,6 +117,10 @@ class AdminService(Service):
             return bool(self._ready())
         if not getattr(self.golb, "ready", False):
             self._probedOnce = False
+            return False
+        workers = getattr(self.golb, "workers", None)
+        if workers is not None and not workers.serving:
+            # workers: N: the parent is ready once every worker serves
             return False
         if not self._probedOnce:
             runtime = getattr(self.golb, "runtime", None)

@@ -11,6 +11,7 @@ import socket
 
 import treq
 from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
@@ -194,6 +195,22 @@ shutdown: {{grace: 2s}}
         return bodies
 
     @defer.inlineCallbacks
+    def serveOnly(self, name, timeout=10.0):
+        """
+        Serve requests until a round of them all comes from backend
+        C{name} (the workers follow the parent within a probe interval or
+        half a second), failing after C{timeout} seconds.
+        """
+        deadline = reactor.seconds() + timeout
+        while True:
+            bodies = yield self.serve(6)
+            if set(bodies) == {name}:
+                return
+            if reactor.seconds() > deadline:
+                self.fail(f"still served by {sorted(set(bodies))}, not only {name!r}")
+            yield deferLater(reactor, 0.05, lambda: None)
+
+    @defer.inlineCallbacks
     def workers(self):
         response, body = yield self.get(f"http://127.0.0.1:{self.admin}/api/v1/workers")
         return json.loads(body)
@@ -219,10 +236,18 @@ shutdown: {{grace: 2s}}
         self.assertEqual(total, 40.0)
         self.assertIn("golb_backend_up{", text.decode())
 
+        response, _ = yield self.get(f"http://127.0.0.1:{self.admin}/readyz")
+        self.assertEqual(response.code, 200)
         os.kill(pids[0], signal.SIGKILL)
+        yield from waitUntil(lambda: b"died (signal SIGKILL)" in self.protocol.output)
+        # one worker short: not ready (an orchestrator holds new traffic back)
+        response, _ = yield self.get(f"http://127.0.0.1:{self.admin}/readyz")
+        self.assertEqual(response.code, 503)
         bodies = yield self.serve(10)
         self.assertEqual(len(bodies), 10)
         yield from waitUntil(lambda: b"worker 0 serving" in self.protocol.output, timeout=20)
+        response, _ = yield self.get(f"http://127.0.0.1:{self.admin}/readyz")
+        self.assertEqual(response.code, 200)
         after = yield self.workers()
         self.assertEqual(after["restarts"], 1)
         self.assertNotIn(pids[0], [worker["pid"] for worker in after["workers"]])
@@ -241,11 +266,7 @@ shutdown: {{grace: 2s}}
         b2.healthStatus = 503
         yield from waitUntil(lambda: b"default/b2 is unhealthy" in self.protocol.output)
         # the parent's verdict; the workers fold in the same probe results
-        for _ in range(20):
-            b1.traffic = b2.traffic = 0
-            bodies = yield self.serve(10)
-            if set(bodies) == {b"b1"}:
-                break
+        yield self.serveOnly(b"b1")
         self.assertEqual(set((yield self.serve(20))), {b"b1"})
 
         b2.healthStatus = 200
@@ -255,13 +276,7 @@ shutdown: {{grace: 2s}}
             json={"state": "drain"})
         self.assertEqual(response.code, 200, (yield response.content()))
         yield response.content()
-        drained = False
-        for _ in range(40):
-            bodies = yield self.serve(6)
-            if set(bodies) == {b"b2"}:
-                drained = True
-                break
-        self.assertTrue(drained)
+        yield self.serveOnly(b"b2")
         self.assertEqual(set((yield self.serve(20))), {b"b2"})
 
         with open(path, "a") as f:
