@@ -170,6 +170,28 @@ def _reloadForm(context: PageContext) -> Tag:
         _csrf(context), tags.button(type="submit", name="reload", value="1")("reload config"))
 
 
+def _workersSection(workers) -> list:
+    """
+    With C{workers: N}: a table of the worker processes.
+    """
+    if not workers:
+        return []
+    return [
+        tags.h2("Workers (", str(len(workers)), ")"),
+        tags.table(
+            tags.thead(tags.tr(tags.th(class_="num")("worker"), tags.th(class_="num")("pid"),
+                               tags.th("serving"), tags.th(class_="num")("uptime"))),
+            tags.tbody(*[
+                tags.tr(tags.td(class_="num")(str(worker["index"])),
+                        tags.td(class_="num")(str(worker["pid"])),
+                        tags.td(formatValue(worker["ready"], "bool")),
+                        tags.td(class_="num")(f"{worker['uptime']:.0f}s"))
+                for worker in workers
+            ]),
+        ),
+    ]
+
+
 def overviewPage(context: PageContext, view: Dict[str, Any]) -> bytes:
     """
     The overview: golb, totals, listeners, pools, recent errors and changes.
@@ -246,6 +268,7 @@ def overviewPage(context: PageContext, view: Dict[str, Any]) -> bytes:
         facts,
         tags.h2("Traffic"), totalsTable,
         tags.h2("Listeners"), listeners,
+        *_workersSection(view.get("workers")),
         tags.h2("Pools (", str(len(view["pools"])), ") and routes (", str(view["routes"]),
                 ": ", tags.a(href="/routes")("route table"), ")"),
         pools,

@@ -293,6 +293,7 @@ def overviewView(golb, rates=None, errors=None, audit=None, sites=None,
             "golb_errors": errors.total if errors is not None else None,
         },
         "pools": [poolSummary(golb, pool, rates) for pool in pools.values()],
+        "workers": golb.workers.describe() if getattr(golb, "workers", None) else [],
         "errors": {
             "by_code": dict(errors.counts) if errors is not None else {},
             "recent": errors.recent(10) if errors is not None else [],

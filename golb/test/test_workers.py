@@ -229,6 +229,10 @@ shutdown: {{grace: 2s}}
         self.assertNotIn(os.getpid(), pids)
         bodies = yield self.serve(40)
         self.assertEqual(set(bodies), {b"b1", b"b2"})
+        response, page = yield self.get(f"http://127.0.0.1:{self.admin}/")
+        self.assertIn(b"Workers (2)", page)
+        for pid in pids:
+            self.assertIn(b">%d<" % (pid,), page)
         response, text = yield self.get(f"http://127.0.0.1:{self.metrics}/metrics")
         total = sum(float(line.rsplit(" ", 1)[1]) for line in text.decode().splitlines()
                     if line.startswith("golb_requests_total{"))
