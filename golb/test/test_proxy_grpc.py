@@ -15,7 +15,7 @@ from golb.grpc import frameMessage
 from golb.h2client import H2Pool
 from golb.listener import GolbSite
 from golb.streams import BodyStream
-from golb.test.support import _closeSite, _trackProtocols, listenGolb
+from golb.test.support import _closeSite, _trackProtocols, listenGolb, waitUntil
 from golb.upstream import UpstreamRequest
 
 GRPC = [(b"Content-Type", b"application/grpc"), (b"TE", b"trailers")]
@@ -124,10 +124,11 @@ backend_pools:
         stream = BodyStream()
         d = self.call(pool, b"/Echo", body=stream)
         stream.write(frameMessage(b"ping-1"))
-        # the first message went through golb to the backend, and its echo
-        # back to the client, while the request is still open
-        yield deferLater(reactor, 0.05, lambda: None)
-        self.assertEqual(len(self.server.requests), 1)
+        # the first message goes through golb to the backend while the
+        # request is still open
+        first = len(frameMessage(b"ping-1"))
+        yield from waitUntil(lambda: self.server.requests
+                             and self.server.requests[0].bodyStream.received >= first)
         self.assertFalse(self.server.requests[0].bodyStream.ended)
         stream.write(frameMessage(b"ping-2"))
         stream.finish()
@@ -164,8 +165,7 @@ backend_pools:
         (request,) = self.server.requests
         finished = []
         request.notifyFinish().addBoth(finished.append)
-        yield deferLater(reactor, 0.05, lambda: None)
-        self.assertTrue(finished)
+        yield from waitUntil(lambda: finished)
 
     @defer.inlineCallbacks
     def test_backendBreaks(self):
