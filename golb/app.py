@@ -114,6 +114,8 @@ class Golb:
             upstreamFactory = makeUpstream(reactor)
         self.backends = BackendRegistry(upstreamFactory)
         self.config = config
+        #: the text C{config} was parsed from, when known (see L{reloadFile})
+        self.configText: Optional[str] = None
         self.members: Dict[str, Members] = {}
         self._observers: List[Callable[[], None]] = []
         self.runtime: Optional[Runtime] = None
@@ -175,21 +177,22 @@ class Golb:
         self._changed()
         return runtime
 
-    def reloadFile(self, path: Optional[str] = None) -> bool:
+    def reloadFile(self, path: Optional[str] = None, text: Optional[str] = None) -> bool:
         """
         Reload from C{path} (default: the file the current configuration came
-        from).  A file that cannot be read or has problems changes nothing:
+        from), or from C{text} as if read from it.  A file that cannot be
+        read or has problems changes nothing:
         every problem is logged.  The outcome is kept in L{reloads},
         L{reloadFailures} and L{lastReload} (for metrics and the admin site).
 
         @return: whether the new configuration is in place.
         """
-        from golb.config import ConfigError, loadConfig
+        from golb.config import ConfigError, loadConfigText
 
         path = path or self.config.filename
         now = self.reactor.seconds()
         try:
-            config = loadConfig(path)
+            config, text = loadConfigText(path, text)
             problems = _listenerTLSProblems(config)
             if problems:
                 raise ConfigError(problems)
@@ -206,6 +209,7 @@ class Golb:
                              path=path)
             self._reloaded(now, False, [f"{type(e).__name__}: {e}"])
             return False
+        self.configText = text
         self._reloaded(now, True, [])
         from golb.config import summary
 

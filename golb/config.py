@@ -336,13 +336,26 @@ def loadConfig(path: str) -> Config:
 
     @raise ConfigError: if it cannot be read or is not valid.
     """
+    return loadConfigText(path)[0]
+
+
+def loadConfigText(path: str, text: Optional[str] = None) -> Tuple[Config, str]:
+    """
+    L{loadConfig}, also returning the text it parsed (what C{workers: N}
+    hands its workers, so that they run what the parent checked, whatever
+    the file holds by then).
+
+    @param text: the file's text, already read: parse it as if read from
+        C{path}.
+    """
     path = os.path.expanduser(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError([Problem(path, None, "", f"cannot read: {e}")]) from None
-    return parseConfig(text, path, os.path.dirname(os.path.abspath(path)))
+    if text is None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError([Problem(path, None, "", f"cannot read: {e}")]) from None
+    return parseConfig(text, path, os.path.dirname(os.path.abspath(path))), text
 
 
 def _count(number: int, noun: str) -> str:

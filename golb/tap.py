@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from golb import __version__
-from golb.config import ConfigError, loadConfig
+from golb.config import ConfigError, loadConfigText
 
 __all__ = ["GolbService", "Options", "listenerDescription", "listenerSite", "makeService"]
 
@@ -59,7 +59,7 @@ class Options(usage.Options):
                 "--config is required, e.g. twistd golb --config config/golb.yaml"
             )
         try:
-            self["loaded"] = loadConfig(path)
+            self["loaded"], self["configText"] = loadConfigText(path)
         except ConfigError as e:
             for problem in e.problems:
                 self.stderr.write(f"{problem}\n")
@@ -214,14 +214,16 @@ class GolbService(MultiService):
         except (ValueError, OSError):  # pragma: no cover (not the main thread)
             self._previousHandler = None
 
-    def reload(self) -> bool:
+    def reload(self, text=None) -> bool:
         """
         Reload the configuration file now (what SIGHUP does).
 
+        @param text: the file's text as the parent of C{workers: N} read it
+            (a worker reloads what its parent checked).
         @return: whether the new configuration is in place.
         """
         self.log.info("reloading {file}", file=self.golb.config.filename)
-        ok = self.golb.reloadFile()
+        ok = self.golb.reloadFile(text=text)
         self.reloadCertificates()
         if ok and self.logObserver is not None:
             self.logObserver.setLevel(self.golb.config.monitoring.logging.level)
@@ -591,6 +593,7 @@ def makeService(options, reactor=None) -> GolbService:
 
     config = options["loaded"]
     golb = Golb(config, reactor=reactor)
+    golb.configText = options.get("configText")
     root = GolbService(golb, reactor if signals else None, clock=reactor)
     root.serverOptions = getattr(options, "parent", None)
 
@@ -634,7 +637,8 @@ def _addListeners(root, golb, config, reactor, sockets=None) -> None:
         service.setServiceParent(root)
 
 
-def makeWorkerService(config, reactor, sockets, index: int) -> GolbService:
+def makeWorkerService(config, reactor, sockets, index: int,
+                      configText=None) -> GolbService:
     """
     The service tree of one worker of C{workers: N} (see L{golb.workers}):
     the listeners on the sockets the parent passed (C{{name: (fd,
@@ -649,6 +653,7 @@ def makeWorkerService(config, reactor, sockets, index: int) -> GolbService:
 
     golb = Golb(config, reactor=reactor)
     golb.workerIndex = index
+    golb.configText = configText
     root = GolbService(golb, reactor)
     _addListeners(root, golb, config, reactor, sockets)
     DiscoveryService(golb, reactor).setServiceParent(root)

@@ -28,8 +28,11 @@ The model (see docs/operations.md, "Workers"):
     the parent's.  The admin API's per-backend C{in_flight} and C{requests}
     are the workers' sums too (refreshed every second), and
     C{/api/v1/workers} lists the workers.
+  - Workers run the configuration text the parent loaded, sent over the
+    control pipe (not the file, which may have changed since): a worker
+    started again after a crash runs what the others run.
   - SIGHUP (or the admin reload) reloads in the parent first; only a valid
-    file reaches the workers, which reload the same file in place.  When
+    file reaches the workers, which reload the same text in place.  When
     the listeners' sockets change the parent binds the new ones and
     replaces the workers one at a time, each old one draining.
   - SIGTERM drains: the parent tells every worker to drain, waits for them
@@ -225,6 +228,15 @@ class _WorkerProcess(ProcessProtocol):
             except (KeyError, OSError):  # the pipe closed: the worker is gone
                 pass
 
+    def sendConfig(self, text: Optional[str]) -> None:
+        """
+        Send the configuration text, first thing: its length on a line,
+        then the text (the worker reads it before it starts its reactor).
+        """
+        data = (text or "").encode("utf-8")
+        if self.transport is not None:
+            self.transport.writeToChild(CONTROL_IN, b"%d\n" % (len(data),) + data)
+
     def ask(self, op: str, timeout: float) -> defer.Deferred:
         """
         Send C{op} and wait for the worker's reply (fails after C{timeout}).
@@ -394,6 +406,8 @@ class WorkerSupervisor(Service):
         process = _WorkerProcess(self, index)
         self.workers[index] = process
         self._spawn(process, sys.executable, args, env=dict(os.environ), childFDs=fds)
+        # the configuration the parent runs, whatever the file holds by now
+        process.sendConfig(self.golb.configText)
         self.log.info("worker {index} started (pid {pid})", index=index, pid=process.pid)
 
     def _workerReady(self, process: _WorkerProcess) -> None:
@@ -589,7 +603,7 @@ class WorkerSupervisor(Service):
             for name, listener in wanted.items():
                 old, sockets, family = self.sockets[name]
                 self.sockets[name] = (listener, sockets, family)
-            self.broadcast({"op": "reload"})
+            self.broadcast({"op": "reload", "text": self.golb.configText})
             return
         gone = [name for name, (old, _, _) in self.sockets.items()
                 if name not in wanted or not _sameSocket(old, wanted[name])]
@@ -730,7 +744,7 @@ class WorkerControl(LineOnlyReceiver):
             backend.state, backend.weight = state, weight
 
     def op_reload(self, message: dict) -> None:
-        self.root.reload()
+        self.root.reload(message.get("text"))
 
     def op_stats(self, message: dict) -> None:
         body = [[pool.name, backend.url, backend.inFlight, backend.requests, backend.failures]
@@ -758,6 +772,28 @@ class _LogForwarder:
             self._write(json.dumps({"op": "log", "event": eventAsJSON(event)}).encode() + b"\n")
         except Exception:  # pragma: no cover (a log event that cannot be sent)
             pass
+
+
+def _readConfigText(fd: int) -> str:
+    """
+    Read the configuration text the parent sends first on C{fd}: its
+    length on a line, then the text.  Nothing more is read, so the control
+    messages that follow stay in the pipe.
+    """
+    header = b""
+    while not header.endswith(b"\n"):
+        byte = os.read(fd, 1)
+        if not byte:
+            raise ValueError("the parent closed the control pipe")
+        header += byte
+    length = int(header)
+    data = b""
+    while len(data) < length:
+        chunk = os.read(fd, length - len(data))
+        if not chunk:
+            raise ValueError("the parent closed the control pipe")
+        data += chunk
+    return data.decode("utf-8")
 
 
 def _parseSockets(spec: str) -> Dict[str, Tuple[int, int]]:
@@ -788,16 +824,17 @@ def main(argv=None) -> None:
 
     forwarder = _LogForwarder(lambda data: os.write(CONTROL_OUT, data))
     globalLogBeginner.beginLoggingTo([forwarder], redirectStandardIO=False)
-    from golb.config import ConfigError, loadConfig
+    from golb.config import ConfigError, loadConfigText
     from golb.tap import makeWorkerService
 
     try:
-        config = loadConfig(args.config)
-    except (ConfigError, OSError) as e:
+        text = _readConfigText(CONTROL_IN) or None
+        config, text = loadConfigText(args.config, text)
+    except (ConfigError, OSError, ValueError) as e:
         Logger().critical("worker {index}: cannot load {path}: {error}", index=args.index,
                           path=args.config, error=str(e))
         sys.exit(1)
-    root = makeWorkerService(config, reactor, _parseSockets(args.sockets), args.index)
+    root = makeWorkerService(config, reactor, _parseSockets(args.sockets), args.index, text)
     root.privilegedStartService()
     root.startService()
     signal.signal(signal.SIGHUP, signal.SIG_IGN)

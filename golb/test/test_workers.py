@@ -220,9 +220,10 @@ shutdown: {{grace: 2s}}
         """
         Two workers with their own pids serve the listener; the parent's
         /metrics adds up what both counted; a worker killed with SIGKILL is
-        replaced and the listener keeps answering.
+        replaced (running the parent's configuration, though the file was
+        broken since) and the listener keeps answering.
         """
-        yield self.start(self.config())
+        self.path = yield self.start(self.config())
         before = yield self.workers()
         pids = [worker["pid"] for worker in before["workers"]]
         self.assertEqual(len(set(pids)), 2)
@@ -242,6 +243,9 @@ shutdown: {{grace: 2s}}
 
         response, _ = yield self.get(f"http://127.0.0.1:{self.admin}/readyz")
         self.assertEqual(response.code, 200)
+        # an edit not yet reloaded: the replacement runs what the parent runs
+        with open(self.path, "w") as f:
+            f.write("nonsense: [\n")
         os.kill(pids[0], signal.SIGKILL)
         yield from waitUntil(lambda: b"died (signal SIGKILL)" in self.protocol.output)
         # one worker short: not ready (an orchestrator holds new traffic back)
