@@ -42,7 +42,6 @@ from h2.events import (
 )
 from h2.exceptions import NoAvailableStreamIDError
 from h2.settings import SettingCodes, Settings
-from twisted.internet.abstract import isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
 from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
@@ -54,6 +53,7 @@ from zope.interface import implementer
 from golb._http11client import FILE_CHUNK
 from golb.errors import RESPONSES
 from golb.upstream import (
+    BackendConnections,
     ConnectFailed,
     InvalidResponse,
     ReadTimeout,
@@ -65,7 +65,6 @@ from golb.upstream import (
     _connectError,
     _handshakeError,
     _isTLSError,
-    clientEndpoint,
 )
 
 __all__ = ["CONNECTION_WINDOW", "H2Call", "H2Pool", "H2Response"]
@@ -1286,7 +1285,7 @@ class _H2Factory(Factory):
         return protocol
 
 
-class H2Pool:
+class H2Pool(BackendConnections):
     """
     HTTP/2 connections to one backend, each carrying many streams; the same
     interface as L{golb.upstream.UpstreamPool}.
@@ -1322,31 +1321,18 @@ class H2Pool:
         @param maxConcurrentStreams: the most streams per connection, even
             when the backend allows more.
         """
-        if reactor is None:
-            from twisted.internet import reactor as globalReactor
-
-            reactor = globalReactor
         if maxConcurrentStreams < 1:
             raise ValueError("maxConcurrentStreams must be at least 1")
-        self._reactor = reactor
-        self.host = host
-        self.port = port
-        self.backend = f"[{host}]:{port}" if isIPv6Address(host) else f"{host}:{port}"
+        BackendConnections.__init__(self, reactor, host, port, tls, maxIdle, idleTimeout,
+                                    connectTimeout, responseHeaderTimeout, readTimeout)
         self.authority = self.backend.encode("idna")
-        self._tls = tls
-        self.maxIdle = maxIdle
-        self.idleTimeout = idleTimeout
-        self.connectTimeout = connectTimeout
-        self.responseHeaderTimeout = responseHeaderTimeout
-        self.readTimeout = readTimeout
         self.maxConcurrentStreams = maxConcurrentStreams
-        self._endpoint = clientEndpoint(reactor, host, port, connectTimeout, tls)
         self._attempts: List[_Attempt] = []
         self._ready: List[_H2Protocol] = []
         self._connections: set = set()
-        self._closed = False
-        self._closeWaiters: List[Deferred] = []
-        self.totalConnectionsMade = 0
+
+    def _busy(self) -> bool:
+        return bool(self._connections or self._attempts)
 
     def __repr__(self) -> str:
         return (f"<H2Pool {self.backend} idle={self.idleCount} active={self.activeCount} "
@@ -1458,11 +1444,7 @@ class H2Pool:
                 protocol._abort()
             else:
                 protocol.closeForPool()
-        if not self._connections:
-            return succeed(None)
-        d: Deferred = Deferred()
-        self._closeWaiters.append(d)
-        return d
+        return self._whenClosed()
 
     # -- internal
 
@@ -1596,8 +1578,3 @@ class H2Pool:
         self._connections.discard(protocol)
         self._checkClosed()
 
-    def _checkClosed(self) -> None:
-        if self._closeWaiters and not self._connections and not self._attempts:
-            waiters, self._closeWaiters = self._closeWaiters, []
-            for d in waiters:
-                d.callback(None)

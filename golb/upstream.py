@@ -52,6 +52,7 @@ from golb._writes import directWrite, dispatching
 from golb.errors import GolbError
 
 __all__ = [
+    "BackendConnections",
     "ConnectFailed",
     "InvalidResponse",
     "ReadTimeout",
@@ -760,12 +761,62 @@ class _UpstreamFactory(Factory):
         return _UpstreamProtocol(self._pool)
 
 
-class UpstreamPool:
+class BackendConnections:
     """
-    Keep-alive HTTP/1.1 connections to one backend.
+    What a backend's connection pool knows whatever its protocol (the
+    HTTP/1.1 L{UpstreamPool} and the HTTP/2 L{golb.h2client.H2Pool}): where
+    the backend is, its timeouts, how to connect, and who waits for the
+    pool to close.
 
     @ivar totalConnectionsMade: how many connections were made so far.
     @ivar backend: C{"host:port"}, for messages.
+    """
+
+    def __init__(self, reactor, host: str, port: int, tls, maxIdle: int, idleTimeout: float,
+                 connectTimeout: float, responseHeaderTimeout: float, readTimeout: float):
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+
+            reactor = globalReactor
+        self._reactor = reactor
+        self.host = host
+        self.port = port
+        self.backend = f"[{host}]:{port}" if isIPv6Address(host) else f"{host}:{port}"
+        self._tls = tls
+        self.maxIdle = maxIdle
+        self.idleTimeout = idleTimeout
+        self.connectTimeout = connectTimeout
+        self.responseHeaderTimeout = responseHeaderTimeout
+        self.readTimeout = readTimeout
+        self._endpoint = clientEndpoint(reactor, host, port, connectTimeout, tls)
+        self._closed = False
+        self._closeWaiters: List[Deferred] = []
+        self.totalConnectionsMade = 0
+
+    def _busy(self) -> bool:
+        """
+        Whether connections are open or being made (L{close} waits for
+        none).
+        """
+        raise NotImplementedError
+
+    def _whenClosed(self) -> Deferred:
+        if not self._busy():
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._closeWaiters.append(d)
+        return d
+
+    def _checkClosed(self) -> None:
+        if self._closeWaiters and not self._busy():
+            waiters, self._closeWaiters = self._closeWaiters, []
+            for d in waiters:
+                d.callback(None)
+
+
+class UpstreamPool(BackendConnections):
+    """
+    Keep-alive HTTP/1.1 connections to one backend.
     """
 
     _log = Logger()
@@ -784,29 +835,16 @@ class UpstreamPool:
             to a complete final response head.
         @param readTimeout: seconds without a body byte (while not paused).
         """
-        if reactor is None:
-            from twisted.internet import reactor as globalReactor
-
-            reactor = globalReactor
-        self._reactor = reactor
-        self.host = host
-        self.port = port
-        self.backend = f"[{host}]:{port}" if isIPv6Address(host) else f"{host}:{port}"
-        self._tls = tls
-        self.maxIdle = maxIdle
-        self.idleTimeout = idleTimeout
-        self.connectTimeout = connectTimeout
-        self.responseHeaderTimeout = responseHeaderTimeout
-        self.readTimeout = readTimeout
-        self._endpoint = clientEndpoint(reactor, host, port, connectTimeout, tls)
+        BackendConnections.__init__(self, reactor, host, port, tls, maxIdle, idleTimeout,
+                                    connectTimeout, responseHeaderTimeout, readTimeout)
         self._factory = _UpstreamFactory(self)
         self._idle: List[_UpstreamProtocol] = []
         self._active: set = set()
         self._connections: set = set()
         self._connecting: set = set()
-        self._closed = False
-        self._closeWaiters: List[Deferred] = []
-        self.totalConnectionsMade = 0
+
+    def _busy(self) -> bool:
+        return bool(self._connections or self._connecting)
 
     def __repr__(self) -> str:
         return (f"<UpstreamPool {self.backend} idle={len(self._idle)} "
@@ -925,11 +963,7 @@ class UpstreamPool:
                 protocol._abort()
                 if exchange is not None:
                     exchange.fail(ConnectFailed(f"the pool for {self.backend} was closed"))
-        if not self._connections and not self._connecting:
-            return succeed(None)
-        d: Deferred = Deferred()
-        self._closeWaiters.append(d)
-        return d
+        return self._whenClosed()
 
     # -- internal
 
@@ -996,12 +1030,6 @@ class UpstreamPool:
         self._removeIdle(protocol)
         self._checkClosed()
 
-    def _checkClosed(self) -> None:
-        if self._closeWaiters and not self._connections and not self._connecting:
-            waiters = self._closeWaiters
-            self._closeWaiters = []
-            for d in waiters:
-                d.callback(None)
 
 
 def clientEndpoint(reactor, host: str, port: int, connectTimeout: float, tls=None):
