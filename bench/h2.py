@@ -51,6 +51,7 @@ from run import (  # noqa: E402
     Procs,
     find_twistd,
     free_port,
+    nginx_conf,
     proc_status,
     run_wrk,
     start_backends,
@@ -78,22 +79,11 @@ def start_h2c_nginx(procs, tmp, port, log):
     os.makedirs(prefix)
     conf = os.path.join(prefix, "nginx.conf")
     with open(conf, "w") as f:
-        f.write("""worker_processes 1;
-daemon off;
-pid %(t)s/nginx.pid;
-error_log %(t)s/nginx.err warn;
-worker_rlimit_nofile 20000;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    client_body_temp_path %(t)s/body; proxy_temp_path %(t)s/proxy;
-    fastcgi_temp_path %(t)s/fcgi; uwsgi_temp_path %(t)s/uwsgi; scgi_temp_path %(t)s/scgi;
-    keepalive_requests 1000000; keepalive_timeout 65s;
+        f.write(nginx_conf(prefix, """\
     http2_max_requests 1000000; http2_max_concurrent_streams 256;
-    server { listen 127.0.0.1:%(p)d http2 backlog=4096;
-             location / { default_type text/plain; return 200 "%(b)s"; } }
-}
-""" % {"t": prefix, "p": port, "b": BODY.decode()})
+    server { listen 127.0.0.1:%d http2 backlog=4096;
+             location / { default_type text/plain; return 200 "%s"; } }""" % (
+            port, BODY.decode())))
     proc = procs.start([nginx_path(), "-c", conf, "-p", prefix,
                         "-e", os.path.join(prefix, "nginx.err")], stdout=log, stderr=log)
     return proc

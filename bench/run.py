@@ -128,17 +128,9 @@ class Procs:
         self.procs = []
 
 
-def start_backends(procs, tmp, ports, log):
-    """Start two backends; returns a description string."""
-    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
-    if nginx and not os.environ.get("BENCH_NO_NGINX"):
-        body = BODY.decode()
-        servers = "\n".join(
-            "    server { listen 127.0.0.1:%d backlog=4096; location / { default_type text/plain; return 200 \"%s\"; } }"
-            % (p, body) for p in ports)
-        conf = os.path.join(tmp, "nginx.conf")
-        with open(conf, "w") as f:
-            f.write("""worker_processes 1;
+def nginx_conf(prefix, servers):
+    """An nginx configuration (one worker, no logs, long keep-alive) with `servers`."""
+    return """worker_processes 1;
 daemon off;
 pid %(t)s/nginx.pid;
 error_log %(t)s/nginx.err warn;
@@ -151,7 +143,20 @@ http {
     keepalive_requests 1000000; keepalive_timeout 65s;
 %(s)s
 }
-""" % {"t": tmp, "s": servers})
+""" % {"t": prefix, "s": servers}
+
+
+def start_backends(procs, tmp, ports, log):
+    """Start two backends; returns a description string."""
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    if nginx and not os.environ.get("BENCH_NO_NGINX"):
+        body = BODY.decode()
+        servers = "\n".join(
+            "    server { listen 127.0.0.1:%d backlog=4096; location / { default_type text/plain; return 200 \"%s\"; } }"
+            % (p, body) for p in ports)
+        conf = os.path.join(tmp, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(nginx_conf(tmp, servers))
         procs.start([nginx, "-c", conf, "-p", tmp, "-e", os.path.join(tmp, "nginx.err")],
                     stdout=log, stderr=log)
         kind = "nginx"
