@@ -30,6 +30,7 @@ soon as a chunked body crosses it) and a request not read in time (408).
 
 import re
 import sys
+import time
 from typing import Optional
 
 from twisted.logger import Logger
@@ -37,11 +38,25 @@ from twisted.web.http import (
     HTTPChannel,
     _ChunkedTransferDecoder,
     _MalformedChunkedDataError,
+    datetimeToString,
 )
 
 from golb.errors import GolbError, rawErrorResponse, wantsJSON
 
-__all__ = ["GolbChannel"]
+__all__ = ["GolbChannel", "httpDate"]
+
+_date = [0, b""]
+
+
+def httpDate() -> bytes:
+    """
+    The current time as an HTTP C{Date} value, formatted once a second.
+    """
+    now = int(time.time())
+    if now != _date[0]:
+        _date[0] = now
+        _date[1] = datetimeToString(now)
+    return _date[1]
 
 
 # Where the channel is in the life of one request.

@@ -41,6 +41,7 @@ from golb._channel import (
     _badTarget,
     _parseContentLength,
     _StrictChunkedDecoder,
+    httpDate,
 )
 from golb._writes import directWrite, dispatching, holdHead
 from golb.errors import GolbError
@@ -199,9 +200,13 @@ class FastChannel(GolbChannel):
             HTTPChannel.writeHeaders(self, version, code, reason, headers)
             return
         parts = [version, b" ", code, b" ", reason, b"\r\n"]
-        for name, values in headers.getAllRawHeaders():
+        raw = headers._rawHeaders
+        for name, values in raw.items():
             for value in values:
                 parts += (name, b": ", value, b"\r\n")
+        if b"Date" not in raw:
+            # golb's own answers (a proxied response has its backend's)
+            parts += (b"Date: ", httpDate(), b"\r\n")
         parts.append(b"\r\n")
         head = b"".join(parts)
         if code != b"101" and self._heldHead is None and holdHead(self):

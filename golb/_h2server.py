@@ -74,7 +74,7 @@ from twisted.web.http import _nameEncoder
 from twisted.web.http_headers import InvalidHeaderName
 from zope.interface import implementer
 
-from golb._channel import _DEAD, _HOST, _TARGET
+from golb._channel import _DEAD, _HOST, _TARGET, httpDate
 from golb._fastchannel import _TOKEN, FastChannel
 from golb._writes import directWrite
 from golb.errors import GolbError, errorBody, wantsJSON
@@ -280,12 +280,16 @@ class H2Stream:
         if self.closed or self._headSent:
             return
         fields = [(b":status", code)]
-        for name, values in headers.getAllRawHeaders():
+        raw = headers._rawHeaders
+        for name, values in raw.items():
             name = name.lower()
             if name in _RESPONSE_DROPPED:
                 continue
             for value in values:
                 fields.append((name, value))
+        if b"Date" not in raw:
+            # golb's own answers (a proxied response has its backend's)
+            fields.append((b"date", httpDate()))
         self._headSent = True
         self._head = fields
         # not sent yet: if the response ends (or its body starts) in the

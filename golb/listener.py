@@ -14,7 +14,9 @@ C{request.bodyLength} bytes long.
 
 import ipaddress
 from typing import Optional, Sequence, Tuple, Union
+from urllib.parse import unquote_to_bytes as unquote
 
+from twisted.python.failure import Failure
 from twisted.web.server import Request, Site
 
 from golb._channel import GolbChannel
@@ -218,12 +220,24 @@ class GolbRequest(Request):
             self.requestHeaders.setRawHeaders(b"host", [authority])
         Request.requestReceived(self, command, path, version)
 
-    def render(self, resrc):
+    def process(self):
         """
-        Render without Twisted's C{Server: TwistedWeb/...} header.
+        Find the resource and render it, as Twisted's C{process} does but
+        without its per-request C{Server: TwistedWeb/...} header (golb sends
+        none) and C{Date} (the channel adds one to golb's own answers;
+        proxied ones carry the backend's).
         """
-        self.responseHeaders.removeHeader(b"server")
-        Request.render(self, resrc)
+        self.site = site = self.channel.site
+        self.prepath = []
+        path = self.path
+        self.postpath = list(map(unquote, path[1:].split(b"/")))
+        if path == b"*":
+            self._handleStar()
+            return
+        try:
+            Request.render(self, site.getResourceFor(self))
+        except BaseException:
+            self.processingFailed(Failure())
 
     def connectionLost(self, reason):
         """

@@ -919,6 +919,9 @@ class TrailerTests(H2TestCase):
         response = client.responses[streamID]
         self.assertTrue(response.endedWithHeaders)
         self.assertIn((b"grpc-status", b"14"), response.headers)
+        # golb's own answer: dated, and no Server header
+        self.assertIn(b"date", dict(response.headers))
+        self.assertNotIn(b"server", dict(response.headers))
         self.assertEqual((response.data, response.trailers), (b"", None))
 
     def test_headAlone(self):
