@@ -118,6 +118,10 @@ class GolbRequest(Request):
     _scheme = "http"
 
     def __init__(self, channel, *args, **kwargs):
+        # bodies go to backends as they are: Twisted must not parse forms
+        # (work wasted on every POST, and a 400 for multipart bodies it
+        # cannot read, which the backend may well accept)
+        kwargs.setdefault("parsePOSTFormSubmission", False)
         Request.__init__(self, channel, *args, **kwargs)
         site = channel.site
         self.observatory = site.observatory

@@ -13,7 +13,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Request
 
 from golb.test.support import (
     freePort,
@@ -929,3 +929,36 @@ class NoTimeoutTests(ProxyTestCase):
                   extra="    timeouts: {connect: 0s, response_header: 0s, idle: 0s}\n")
         response, body = yield self.get("/")
         self.assertEqual((response.code, body), (200, b"first second"))
+
+
+class _NoFormRequest(Request):
+    def __init__(self, *args, **kwargs):
+        kwargs["parsePOSTFormSubmission"] = False
+        Request.__init__(self, *args, **kwargs)
+
+
+class FormBodyTests(ProxyTestCase):
+    """
+    golb forwards request bodies as they are: it does not parse forms.
+    """
+
+    @defer.inlineCallbacks
+    def test_formsUntouched(self):
+        """
+        A multipart body Twisted would reject as malformed, and a urlencoded
+        one, reach the backend byte for byte.
+        """
+        port, backend = listenBackend(self)
+        # the backend must not parse forms either: Twisted's would 400 too
+        backend.site.requestFactory = _NoFormRequest
+        self.golb(port.getHost().port)
+        for contentType, payload in [
+            (b"multipart/form-data; boundary=zzz", b"--zzz\r\nnot a valid part\r\n"),
+            (b"multipart/form-data", b"no boundary: not multipart to Twisted"),
+            (b"application/x-www-form-urlencoded", b"a=1&b=%zz&&c"),
+        ]:
+            response = yield self.client.post(
+                self.base + "/form", data=payload, headers={b"Content-Type": [contentType]})
+            body = yield response.content()
+            self.assertEqual(response.code, 200, body)
+            self.assertTrue(body.endswith(b"\n\n" + payload), body)
