@@ -17,6 +17,7 @@ from typing import Optional, Sequence, Tuple, Union
 from urllib.parse import unquote_to_bytes as unquote
 
 from twisted.python.failure import Failure
+from twisted.web.http import Request as HTTPRequest
 from twisted.web.server import Request, Site
 
 from golb._channel import GolbChannel
@@ -223,6 +224,15 @@ class GolbRequest(Request):
                 path = b"/" + path
             self.requestHeaders.setRawHeaders(b"host", [authority])
         Request.requestReceived(self, command, path, version)
+
+    def write(self, data):
+        """
+        Write body bytes: Twisted's C{http.Request.write}, without
+        C{server.Request}'s default C{Content-Type} check (golb sets none)
+        and encoders (golb compresses with a policy instead).
+        """
+        if not self._inFakeHead:
+            HTTPRequest.write(self, data)
 
     def process(self):
         """

@@ -345,7 +345,8 @@ class Exchange:
         self.done = False
         self.clientGone = False
         incoming = request.requestHeaders
-        drop = _connectionTokens(incoming.getRawHeaders(b"connection"))
+        raw = incoming._rawHeaders  # canonical names: this runs per request
+        drop = _connectionTokens(raw.get(b"Connection"))
         upgrade = None
         if b"upgrade" in drop:
             values = incoming.getRawHeaders(b"upgrade")
@@ -359,7 +360,7 @@ class Exchange:
             self.body, self.bodyLength = stream, stream.length or 0
         else:
             self.body, self.bodyLength = _requestBody(request)
-        contentType = incoming.getRawHeaders(b"content-type")
+        contentType = raw.get(b"Content-Type")
         self.grpc = contentType is not None and isGrpc(contentType[0])
         self.deadline = None
         self.expired = False
@@ -411,7 +412,7 @@ class Exchange:
         backend.requests += 1
         pool.inFlight += 1
         host = None
-        values = self.request.requestHeaders.getRawHeaders(b"host")
+        values = self.request.requestHeaders._rawHeaders.get(b"Host")
         if self.config.preserve_host:
             if values:
                 host = values[0]

@@ -169,6 +169,9 @@ class Observer:
         pass
 
 
+_EMPTY = (b"",)
+
+
 class Observatory:
     """
     The observers of one golb, called by the request path.
@@ -228,17 +231,18 @@ class Observatory:
         """
         Start the record of C{request} and tell the observers.
         """
-        headers = request.requestHeaders
+        # canonical names, straight from Headers' dict: this runs per request
+        raw = request.requestHeaders._rawHeaders
         record = Record(
             started=getattr(request, "receivedAt", None) or self.reactor.seconds(),
             listener=getattr(request, "listenerName", "default"),
             method=request.method.decode("ascii", "replace"),
             client=request.clientAddress() if hasattr(request, "clientAddress") else "",
-            host=(headers.getRawHeaders(b"host") or [b""])[0].decode("latin-1"),
+            host=(raw.get(b"Host") or _EMPTY)[0].decode("latin-1"),
             target=request.uri.decode("latin-1"),
             version=request.clientproto.decode("ascii", "replace"),
-            userAgent=(headers.getRawHeaders(b"user-agent") or [b""])[0].decode("latin-1"),
-            referer=(headers.getRawHeaders(b"referer") or [b""])[0].decode("latin-1"),
+            userAgent=(raw.get(b"User-Agent") or _EMPTY)[0].decode("latin-1"),
+            referer=(raw.get(b"Referer") or _EMPTY)[0].decode("latin-1"),
             bytesIn=getattr(request, "bodyLength", 0),
         )
         request.record = record
