@@ -24,7 +24,22 @@ from golb._channel import GolbChannel
 from golb._h2server import SwitchingChannel
 from golb.errors import GolbError
 
-__all__ = ["GolbChannel", "GolbRequest", "GolbSite", "parseAddress"]
+__all__ = ["GolbChannel", "GolbRequest", "GolbSite", "listenerSites", "parseAddress"]
+
+
+def listenerSites(parent) -> dict:
+    """
+    The sites of the listener services (named C{listener:<name>}) that are
+    children of C{parent} (golb's root service), by listener name; C{{}}
+    without a parent.
+    """
+    found = {}
+    for service in list(parent or ()):
+        name = service.name or ""
+        factory = getattr(service, "factory", None)
+        if name.startswith("listener:") and factory is not None:
+            found[name[len("listener:"):]] = factory
+    return found
 
 _IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 _Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]

@@ -139,13 +139,9 @@ class AdminService(Service):
         """
         if self._sites is not None:
             return dict(self._sites)
-        found = {}
-        for service in list(self.parent or ()):
-            name = service.name or ""
-            factory = getattr(service, "factory", None)
-            if name.startswith("listener:") and factory is not None:
-                found[name[len("listener:"):]] = factory
-        return found
+        from golb.listener import listenerSites
+
+        return listenerSites(self.parent)
 
     def startService(self) -> None:
         """

@@ -890,13 +890,9 @@ class MetricsService(Service):
     def _listenerSites(self) -> Dict[str, object]:
         if self.sites is not None:
             return dict(self.sites)
-        found = {}
-        for service in list(self.parent or ()):
-            name = service.name or ""
-            factory = getattr(service, "factory", None)
-            if name.startswith("listener:") and factory is not None:
-                found[name[len("listener:"):]] = factory
-        return found
+        from golb.listener import listenerSites
+
+        return listenerSites(self.parent)
 
     def stopService(self):
         """
