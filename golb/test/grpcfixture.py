@@ -408,10 +408,10 @@ def _failure(result: dict, error) -> dict:
     return result
 
 
-def _callUnary(channel, options) -> dict:
+def _callUnary(channel, options, method: str = "/test.Echo/Unary") -> dict:
     import grpc
 
-    call = channel.unary_unary("/test.Echo/Unary")
+    call = channel.unary_unary(method)
     result: dict = {"replies": [], "code": "OK"}
     try:
         for _ in range(options.count):
@@ -463,17 +463,7 @@ def _callFail(channel, options) -> dict:
 
 
 def _callSlow(channel, options) -> dict:
-    import grpc
-
-    call = channel.unary_unary("/test.Echo/Slow")
-    result: dict = {"replies": [], "code": "OK"}
-    try:
-        for _ in range(options.count):
-            reply = call(options.payload.encode("utf-8"), timeout=options.timeout)
-            result["replies"].append(reply.decode("utf-8", "replace"))
-    except grpc.RpcError as e:
-        _failure(result, e)
-    return result
+    return _callUnary(channel, options, "/test.Echo/Slow")
 
 
 def _parseHealth(data: bytes) -> int:

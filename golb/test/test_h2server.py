@@ -35,6 +35,7 @@ from golb.config import ClientAuth, parseConfig
 from golb.listener import GolbSite
 from golb.tap import listenerSite
 from golb.test.support import listenBackend, listenGolb, rawRequest
+from golb.test.test_streams import Producer, Receiver
 from golb.test.test_tls import ClientTLS, ServerPKI, listenTLS
 from golb.tls import ServerTLS
 
@@ -197,40 +198,6 @@ class Recorder(Resource):
             return NOT_DONE_YET
         request.setHeader(b"content-type", b"text/plain")
         return b"ok:" + request.content.read()
-
-
-class Producer:
-    """
-    A push producer that records what it is told.
-    """
-
-    def __init__(self):
-        self.events = []
-
-    def pauseProducing(self):
-        self.events.append("pause")
-
-    def resumeProducing(self):
-        self.events.append("resume")
-
-    def stopProducing(self):
-        self.events.append("stop")
-
-
-class Receiver:
-    """
-    The sink side of a L{golb.streams.BodyStream}.
-    """
-
-    def __init__(self):
-        self.data = []
-        self.done = None
-
-    def dataReceived(self, data):
-        self.data.append(data)
-
-    def bodyDone(self, reason, trailers):
-        self.done = (reason, trailers)
 
 
 class IStreamChannel(Interface):

@@ -9,6 +9,10 @@ from golb.streams import BodyStream
 
 
 class Receiver:
+    """
+    The sink side of a L{BodyStream}: records what it is given.
+    """
+
     def __init__(self):
         self.data = []
         self.done = None
@@ -21,6 +25,10 @@ class Receiver:
 
 
 class Producer:
+    """
+    A push producer that records what it is told.
+    """
+
     def __init__(self):
         self.events = []
 
