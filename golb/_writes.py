@@ -1,5 +1,5 @@
 """
-Writing without a round trip through the reactor.
+Writing without a round trip through the reactor, once per reactor turn.
 
 Twisted's TCP transports never send in C{write}: they buffer, ask epoll to
 report the socket writable, and send on the next turn of the reactor, then
@@ -7,10 +7,16 @@ tell epoll to stop reporting.  For a proxy that writes once per request on
 each side, that is two extra epoll changes and one extra event per write,
 about a tenth of golb's time per request.
 
-L{directWrite} sends at once when nothing is waiting in the transport's
-buffer (the common case: a small response to a reading client), and gives
-what the socket did not take to the transport as usual.  TLS and other
-transports are left alone.
+L{directWrite} queues the bytes in the transport's own buffer without asking
+epoll, and sends every connection's queued bytes at the end of the reactor
+turn (a C{callLater(0)}, which runs before the reactor polls again), each in
+one C{send}.  Under load one turn handles the events of many connections:
+sending their answers together wakes the processes that read them (clients,
+backends) once per turn instead of once per write, which halves the kernel's
+time per proxied request on loopback.  What a socket does not take is left
+to the transport's usual write path, and so is a connection that is closing
+(C{loseConnection} sends the queue first) or already buffering.  TLS and
+other transports get a plain C{write}.
 
 L{dispatching} marks a stretch of work (one C{dataReceived}) during which a
 response head may wait for its body, so that head and body leave in one
@@ -20,37 +26,73 @@ at the latest when the stretch ends.
 
 from twisted.internet import tcp
 
-__all__ = ["directWrite", "dispatching", "holdHead"]
+__all__ = ["directWrite", "dispatching", "holdHead", "flushQueued"]
 
 _DIRECT = (tcp.Server, tcp.Client)
+
+# beyond this many queued bytes a connection takes the transport's own
+# write path, whose buffer limits pause the producer feeding it
+_QUEUE_LIMIT = 65536
 
 _depth = 0
 _held = []
 
+# the transports with bytes queued by directWrite, and the reactor call that
+# sends them
+_queued = []
+_flushCall = None
+
 
 def directWrite(transport, data: bytes) -> None:
     """
-    Write C{data} to C{transport}, sending it at once if the transport is a
-    plain TCP connection with nothing buffered.
+    Write C{data} to C{transport}: on a plain TCP connection with nothing
+    buffered, queue it to be sent at the end of this reactor turn.
     """
+    global _flushCall
     if (
         transport.__class__ in _DIRECT
         and not transport.dataBuffer
-        and not transport._tempDataBuffer
         and transport.connected
         and not transport.disconnecting
     ):
+        queue = transport._tempDataBuffer
+        size = transport._tempDataLen + len(data)
+        if size <= _QUEUE_LIMIT:
+            if not queue:
+                # nothing buffered: not writing, not queued yet
+                _queued.append(transport)
+                if _flushCall is None:
+                    _flushCall = transport.reactor.callLater(0, flushQueued)
+            queue.append(data)
+            transport._tempDataLen = size
+            return
+    transport.write(data)
+
+
+def flushQueued() -> None:
+    """
+    Send the bytes L{directWrite} queued, one C{send} per connection.
+    """
+    global _flushCall, _queued
+    _flushCall = None
+    queued = _queued
+    _queued = []
+    for transport in queued:
+        queue = transport._tempDataBuffer
+        if not queue or transport.dataBuffer or not transport.connected or transport.disconnecting:
+            # sent already, or the transport's own write path has it
+            continue
+        data = queue[0] if len(queue) == 1 else b"".join(queue)
+        transport._tempDataBuffer = []
+        transport._tempDataLen = 0
         try:
             sent = transport.socket.send(data)
         except OSError:
             # EAGAIN, or a dead socket: the transport's own write path
             # buffers, or notices the error and closes, as usual
             sent = 0
-        if sent == len(data):
-            return
-        if sent:
-            data = data[sent:]
-    transport.write(data)
+        if sent != len(data):
+            transport.write(data[sent:] if sent else data)
 
 
 class _Dispatching:

@@ -52,9 +52,12 @@ class FakeGrpcServer(Resource):
     def __init__(self):
         Resource.__init__(self)
         self.requests = []
+        self.finished = []
 
     def render(self, request):
         self.requests.append(request)
+        # the stream may be cancelled before the test sees the response
+        request.notifyFinish().addBoth(self.finished.append)
         request.setHeader(b"content-type", b"application/grpc")
         if request.path == b"/Echo":
             request.bodyStream.deliver(_Echo(request))
@@ -162,10 +165,8 @@ backend_pools:
         self.assertEqual(response.code, 200)
         self.assertEqual(response.getHeader(b"grpc-status"), b"4")
         self.assertEqual(response.getHeader(b"x-golb-error"), b"upstream-timeout")
-        (request,) = self.server.requests
-        finished = []
-        request.notifyFinish().addBoth(finished.append)
-        yield from waitUntil(lambda: finished)
+        self.assertEqual(len(self.server.requests), 1)
+        yield from waitUntil(lambda: self.server.finished)
 
     @defer.inlineCallbacks
     def test_backendBreaks(self):
