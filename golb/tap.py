@@ -68,6 +68,11 @@ class Options(usage.Options):
             raise SystemExit(1) from None
         except OSError as e:
             raise usage.UsageError(f"cannot read {path}: {e.strerror or e}") from None
+        # twistd installs its default reactor only when something first
+        # imports it; golb's goes in first unless -r chose another
+        from golb.reactor import installIfUnchosen
+
+        installIfUnchosen()
 
 
 def listenerDescription(listener) -> str:

@@ -818,6 +818,9 @@ def main(argv=None) -> None:
     parser.add_argument("--sockets", default="")
     args = parser.parse_args(argv)
 
+    from golb.reactor import installIfUnchosen
+
+    installIfUnchosen()
     from twisted.internet import reactor
     from twisted.internet.stdio import StandardIO
     from twisted.logger import globalLogBeginner

@@ -173,6 +173,8 @@ demo:
             body = yield response.content()
             names.append(body.split(b" (")[0])
         self.assertEqual(names, [b"golb demo backend demo-1", b"golb demo backend demo-2"])
+        # no -r: golb's own reactor (docs/performance.md)
+        self.assertIn(b"reactor class: golb.reactor.GolbReactor.", protocol.output)
         reactor.callLater(0, protocol.transport.signalProcess, "TERM")
         yield protocol.ended
         self.assertIn(b"Server Shut Down.", protocol.output)
@@ -470,6 +472,32 @@ backend_pools: [{{name: default, backends: [{{url: "http://127.0.0.1:{port.getHo
             uids = [line.split()[1:] for line in f if line.startswith("Uid:")][0]
         nobody = pwd.getpwnam("nobody").pw_uid
         self.assertEqual({int(uid) for uid in uids}, {nobody})
+
+
+class ReactorChoiceTests(TestCase):
+    """
+    C{twistd -r} still chooses the reactor.
+    """
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_chosenReactor(self):
+        """
+        With C{-r poll} golb runs and serves on Twisted's poll reactor.
+        """
+        port, _ = listenBackend(self, name="b1")
+        listen = freePort()
+        protocol, _ = runTwistd(self, f"""\
+listeners: [{{name: web, address: "127.0.0.1:{listen}"}}]
+backend_pools: [{{name: default, backends: [{{url: "http://127.0.0.1:{port.getHost().port}"}}]}}]
+""", extra=("-r", "poll"))
+        yield protocol.ready
+        response = yield rawRequest(self, listen, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+                                    until=b"b1")
+        self.assertIn(b"200 OK", response)
+        self.assertIn(b"reactor class: twisted.internet.pollreactor.PollReactor.",
+                      protocol.output)
 
 
 class PortTakenTests(TestCase):
