@@ -182,17 +182,16 @@ class GolbRequest(Request):
         channel = getattr(self, "channel", None)
         cached = getattr(channel, "_golbPeer", None)
         if cached is not None and cached[0] == peerHost and cached[1] is trusted:
-            peer, peerTrusted = cached[2], cached[3]
+            peer, peerTrusted, peerText = cached[2], cached[3], cached[4]
         else:
             peer = parseAddress(peerHost)
             peerTrusted = peer is not None and bool(trusted) and _isTrusted(peer, trusted)
+            peerText = peerHost if peer is None else str(peer)
             if channel is not None:
                 # the peer of a connection does not change: parse it once
-                channel._golbPeer = (peerHost, trusted, peer, peerTrusted)
-        if peer is None:
-            return peerHost
+                channel._golbPeer = (peerHost, trusted, peer, peerTrusted, peerText)
         if not peerTrusted:
-            return str(peer)
+            return peerText
         last = peer
         for hop in reversed(_forwardedFor(self.requestHeaders)):
             address = parseAddress(hop)
