@@ -208,10 +208,37 @@ class ProxyHeaders:
         return headers
 
 
-# Response header names (as backends spell them) copied as they are, each
-# with its canonical form in Twisted's Headers; bounded like Twisted's cache.
-_plainNames: Dict[bytes, bytes] = {}
-_NOT_PLAIN = HOP_BY_HOP | frozenset([b"content-length", b"via"])
+# What to do with a response header line, by (name, value) pair: the
+# backend parser hands out the same pairs for lines it saw before, so most
+# lines are sorted out by one dict lookup.  Bounded like Twisted's caches.
+_KEEP, _DROP, _LENGTH, _VIA_LINE = range(4)
+_lineActions: Dict[Tuple[bytes, bytes], Tuple[int, Optional[bytes], bytes]] = {}
+
+
+def _lineAction(pair: Tuple[bytes, bytes]) -> Tuple[int, Optional[bytes], bytes]:
+    """
+    How L{responseHeaders} copies the header line C{pair}: C{(kind,
+    canonical name, lower-case name)}; without a canonical name (one Twisted
+    has not canonicalized yet, or a value it must clean) the line goes
+    through C{Headers.addRawHeader}, and is looked up again next time.
+    """
+    name, value = pair
+    lower = name.lower()
+    if lower in HOP_BY_HOP:
+        kind = _DROP
+    elif lower == b"content-length":
+        kind = _LENGTH
+    elif lower == b"via":
+        kind = _VIA_LINE
+    else:
+        kind = _KEEP
+    canonical = _canonicalNames.get(name)
+    if canonical is None or b"\r" in value or b"\n" in value:
+        return (kind, None, lower)
+    if len(_lineActions) >= 4096:
+        _lineActions.clear()
+    action = _lineActions[pair] = (kind, canonical, lower)
+    return action
 
 
 def responseHeaders(response, request) -> None:
@@ -222,13 +249,13 @@ def responseHeaders(response, request) -> None:
     closes after it).
     """
     headers = response.headers
-    drop = _NO_TOKENS
+    drop = None
     for name, value in headers:
         if len(name) == 10 and name.lower() == b"connection":
-            drop = drop | _connectionTokens([value])
-    if drop:
-        # hop-by-hop headers are dropped anyway
-        drop = drop - HOP_BY_HOP
+            # hop-by-hop headers are dropped anyway
+            extra = _connectionTokens([value]) - HOP_BY_HOP
+            if extra:
+                drop = extra if drop is None else drop | extra
     outgoing = request.responseHeaders
     # Headers keeps canonical names: what removeHeader and addRawHeader do,
     # without their per-call work
@@ -237,30 +264,29 @@ def responseHeaders(response, request) -> None:
     raw.pop(b"Date", None)
     keepLength = response.length is not None
     sawVia = False
-    for name, value in headers:
-        canonical = _plainNames.get(name)
-        if canonical is None or drop:
-            lower = name.lower()
-            if lower in HOP_BY_HOP or lower in drop:
+    actions = _lineActions
+    for pair in headers:
+        action = actions.get(pair)
+        if action is None:
+            action = _lineAction(pair)
+        kind, canonical, lower = action
+        if drop is not None and lower in drop:
+            continue
+        value = pair[1]
+        if kind != _KEEP:
+            if kind == _DROP or (kind == _LENGTH and not keepLength):
                 continue
-            if lower == b"content-length" and not keepLength:
-                continue
-            if lower == b"via":
-                value = value + b", " + _VIA
+            if kind == _VIA_LINE:
                 sawVia = True
-            canonical = _canonicalNames.get(name)
-            if canonical is not None and lower not in _NOT_PLAIN:
-                if len(_plainNames) >= 1024:
-                    _plainNames.clear()
-                _plainNames[name] = canonical
-        if canonical is None or b"\r" in value or b"\n" in value:
-            outgoing.addRawHeader(name, value)
+                value = value + b", " + _VIA
+        if canonical is None:
+            outgoing.addRawHeader(pair[0], value)
+            continue
+        values = raw.get(canonical)
+        if values is None:
+            raw[canonical] = [value]
         else:
-            values = raw.get(canonical)
-            if values is None:
-                raw[canonical] = [value]
-            else:
-                values.append(value)
+            values.append(value)
     if not sawVia:
         values = raw.get(b"Via")
         if values is None:

@@ -10,7 +10,7 @@ import treq
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -962,3 +962,70 @@ class FormBodyTests(ProxyTestCase):
             body = yield response.content()
             self.assertEqual(response.code, 200, body)
             self.assertTrue(body.endswith(b"\n\n" + payload), body)
+
+
+class _Response:
+    def __init__(self, headers, length):
+        self.headers = headers
+        self.length = length
+
+
+class _Request:
+    def __init__(self):
+        from twisted.web.http_headers import Headers
+
+        self.responseHeaders = Headers({b"server": [b"golb"], b"date": [b"then"]})
+
+
+class ResponseHeadersTests(SynchronousTestCase):
+    """
+    L{responseHeaders} copies a backend's end-to-end response headers.
+    """
+
+    def copy(self, headers, length=5):
+        from golb.proxy import responseHeaders
+
+        request = _Request()
+        responseHeaders(_Response(headers, length), request)
+        return [(name.lower(), value) for name, values in
+                request.responseHeaders.getAllRawHeaders() for value in values]
+
+    def test_hopByHop(self):
+        """
+        Hop-by-hop headers and those a Connection header names (before or
+        after it) are dropped; the rest keep their order and values, the
+        same on every response (the lines are remembered).
+        """
+        headers = [(b"X-Early", b"1"), (b"Keep-Alive", b"timeout=5"),
+                   (b"Connection", b"keep-alive, X-Early, x-late"),
+                   (b"Set-Cookie", b"a=1"), (b"X-Late", b"2"), (b"Set-Cookie", b"b=2"),
+                   (b"Content-Length", b"5"), (b"Transfer-Encoding", b"chunked")]
+        for _ in range(3):
+            self.assertEqual(self.copy(headers), [
+                (b"set-cookie", b"a=1"), (b"set-cookie", b"b=2"),
+                (b"content-length", b"5"), (b"via", b"1.1 golb")])
+        # the same lines without the Connection header are kept
+        self.assertEqual(self.copy(headers[:1] + headers[4:5]), [
+            (b"x-early", b"1"), (b"x-late", b"2"), (b"via", b"1.1 golb")])
+
+    def test_viaAndLength(self):
+        """
+        golb joins the backend's Via; a body of unknown length loses
+        Content-Length; golb's own Server and Date give way to the
+        backend's.
+        """
+        headers = [(b"Via", b"1.0 cache"), (b"Content-Length", b"5"),
+                   (b"Server", b"nginx"), (b"Date", b"now")]
+        for _ in range(2):
+            self.assertEqual(self.copy(headers, length=None), [
+                (b"via", b"1.0 cache, 1.1 golb"), (b"server", b"nginx"), (b"date", b"now")])
+
+    def test_unusualNames(self):
+        """
+        A header name never seen before arrives as the backend spelled it,
+        and a value holding a line break cannot split the response head.
+        """
+        name = b"X-Never-Seen-Before-%d" % (id(self),)
+        copied = self.copy([(name, b"one"), (b"X-Broken", b"a\rb")])
+        self.assertEqual(copied[0], (name.lower(), b"one"))
+        self.assertNotIn(b"\r", copied[1][1])
