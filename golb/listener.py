@@ -132,6 +132,7 @@ class GolbRequest(Request):
     responseTrailers = None
     _clientAddress: Optional[str] = None
     _scheme = "http"
+    _lostWatcher = None
 
     def __init__(self, channel, *args, **kwargs):
         # bodies go to backends as they are: Twisted must not parse forms
@@ -267,11 +268,27 @@ class GolbRequest(Request):
         except BaseException:
             self.processingFailed(Failure())
 
+    def watchLost(self, callback) -> None:
+        """
+        Call C{callback(reason)} if the connection is lost before the
+        response is done: C{notifyFinish}'s errback without a L{Deferred}
+        per request (the proxy watches every request).  One watcher.
+        """
+        self._lostWatcher = callback
+
+    def _cleanup(self):
+        self._lostWatcher = None
+        Request._cleanup(self)
+
     def connectionLost(self, reason):
         """
         The client went away: an unfinished request's record ends here.
         """
         Request.connectionLost(self, reason)
+        watcher = self._lostWatcher
+        if watcher is not None:
+            self._lostWatcher = None
+            watcher(reason)
         if self.record is not None and not self.finished:
             self.observatory.requestFinished(self, aborted=True)
 

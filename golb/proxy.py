@@ -409,7 +409,12 @@ class Exchange:
         self.pool.budget.request()
         if self.record is not None:
             self.record.pool = self.pool.name
-        self.request.notifyFinish().addErrback(self._clientLost)
+        request = self.request
+        watchLost = getattr(request, "watchLost", None)
+        if watchLost is not None:
+            watchLost(self._clientLost)
+        else:
+            request.notifyFinish().addErrback(self._clientLost)
         if self.grpc:
             timeout = parseTimeout(
                 (self.request.requestHeaders.getRawHeaders(b"grpc-timeout") or [None])[0])

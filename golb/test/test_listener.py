@@ -793,6 +793,28 @@ class ConnectionTests(ListenerTestCase):
         self.assertNotIn(b"server", headers)
         self.assertNotIn(b"content-type", headers)
 
+    def test_watchLost(self):
+        """
+        A watcher of the request hears of the connection lost before the
+        response is done, once; after it is done, nothing.
+        """
+        self.makeSite(RecordingResource(streaming=True))
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        [request] = self.resource.requests
+        lost = []
+        request.watchLost(lost.append)
+        channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual([reason.type for reason in lost], [ConnectionDone])
+
+        self.makeSite()
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        [request] = self.resource.requests
+        request.watchLost(lost.append)
+        channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(len(lost), 1)
+
     def test_openConnections(self):
         """
         The site tracks its open connections.
