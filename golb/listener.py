@@ -13,11 +13,15 @@ C{request.bodyLength} bytes long.
 """
 
 import ipaddress
+import tempfile
+from io import BytesIO
 from typing import Optional, Sequence, Tuple, Union
 from urllib.parse import unquote_to_bytes as unquote
 
 from twisted.python.failure import Failure
 from twisted.web.http import Request as HTTPRequest
+from twisted.web.http import parse_qs
+from twisted.web.http_headers import Headers
 from twisted.web.server import Request, Site
 
 from golb._channel import GolbChannel
@@ -134,12 +138,24 @@ class GolbRequest(Request):
     _scheme = "http"
     _lostWatcher = None
 
-    def __init__(self, channel, *args, **kwargs):
-        # bodies go to backends as they are: Twisted must not parse forms
-        # (work wasted on every POST, and a 400 for multipart bodies it
-        # cannot read, which the backend may well accept)
-        kwargs.setdefault("parsePOSTFormSubmission", False)
-        Request.__init__(self, channel, *args, **kwargs)
+    def __init__(self, channel, queued=None, parsePOSTFormSubmission=False):
+        # What Twisted's server.Request and http.Request set up (checked
+        # against them by a test), without their calls: this runs per
+        # request.  Bodies go to backends as they are: forms are never parsed
+        # (work wasted on every POST, and a 400 for multipart bodies Twisted
+        # cannot read, which the backend may well accept).
+        self.notifications = []
+        self.channel = channel
+        self.client = channel.getPeer()
+        self.host = channel.getHost()
+        self.requestHeaders = Headers()
+        self.received_cookies = {}
+        self.responseHeaders = Headers()
+        self.cookies = []
+        self.transport = channel.transport
+        self.queued = False
+        self._parsePOSTFormSubmission = False
+        self._adapterCache = {}
         site = channel.site
         self.observatory = site.observatory
         if self.observatory is not None and self.observatory.active:
@@ -238,7 +254,27 @@ class GolbRequest(Request):
             if path[:1] != b"/":
                 path = b"/" + path
             self.requestHeaders.setRawHeaders(b"host", [authority])
-        Request.requestReceived(self, command, path, version)
+        # Twisted's http.Request.requestReceived, without form parsing
+        content = self.content
+        if content is not None:
+            content.seek(0, 0)
+        self.method, self.uri = command, path
+        self.clientproto = version
+        target, sep, query = path.partition(b"?")
+        self.path = target
+        self.args = parse_qs(query, 1) if sep else {}
+        self.process()
+
+    def gotLength(self, length):
+        """
+        Make C{self.content} for a body of C{length} bytes (L{None}:
+        unknown): memory below 100 kB, a temporary file from there, as
+        Twisted does.
+        """
+        if length is not None and length < 100000:
+            self.content = BytesIO()
+        else:
+            self.content = tempfile.TemporaryFile()
 
     def write(self, data):
         """
@@ -264,7 +300,13 @@ class GolbRequest(Request):
             self._handleStar()
             return
         try:
-            Request.render(self, site.getResourceFor(self))
+            resource = site.resource
+            if getattr(resource, "isLeaf", False):
+                # what Site.getResourceFor finds for a leaf root
+                self.sitepath = []
+            else:
+                resource = site.getResourceFor(self)
+            Request.render(self, resource)
         except BaseException:
             self.processingFailed(Failure())
 

@@ -793,6 +793,35 @@ class ConnectionTests(ListenerTestCase):
         self.assertNotIn(b"server", headers)
         self.assertNotIn(b"content-type", headers)
 
+    def test_sameStateAsTwisted(self):
+        """
+        A new GolbRequest holds everything Twisted's own Request sets up
+        (golb inlines that set-up), with the same values where they do
+        not depend on the instance.
+        """
+        from twisted.web.server import Request
+
+        self.makeSite()
+        channel, transport = self.connect()
+        twisted = Request(channel, parsePOSTFormSubmission=False)
+        golb = GolbRequest(channel)
+        self.assertLessEqual(set(vars(twisted)), set(vars(golb)))
+        for name, value in vars(twisted).items():
+            if name not in ("requestHeaders", "responseHeaders"):
+                self.assertEqual(getattr(golb, name), value, name)
+
+    def test_query(self):
+        """
+        The request's path, arguments and URI are split as Twisted does.
+        """
+        request = self.assertAccepted(b"GET /a%20b?x=1&y=&x=2 HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual(request.uri, b"/a%20b?x=1&y=&x=2")
+        self.assertEqual(request.path, b"/a%20b")
+        self.assertEqual(request.args, {b"x": [b"1", b"2"], b"y": [b""]})
+        self.assertEqual(request.postpath, [b"a b"])
+        request = self.assertAccepted(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual(request.args, {})
+
     def test_watchLost(self):
         """
         A watcher of the request hears of the connection lost before the
