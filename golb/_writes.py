@@ -9,14 +9,16 @@ about a tenth of golb's time per request.
 
 L{directWrite} queues the bytes in the transport's own buffer without asking
 epoll, and sends every connection's queued bytes at the end of the reactor
-turn (a C{callLater(0)}, which runs before the reactor polls again), each in
-one C{send}.  Under load one turn handles the events of many connections:
-sending their answers together wakes the processes that read them (clients,
-backends) once per turn instead of once per write, which halves the kernel's
-time per proxied request on loopback.  What a socket does not take is left
-to the transport's usual write path, and so is a connection that is closing
-(C{loseConnection} sends the queue first) or already buffering.  TLS and
-other transports get a plain C{write}.
+turn, each in one C{send}: L{golb.reactor.GolbReactor} calls L{flushQueued}
+after handling the events of a poll and before polling again; on other
+reactors a C{callLater(0)} does (it runs before the reactor polls again).
+Under load one turn handles the events of many connections: sending their
+answers together wakes the processes that read them (clients, backends)
+once per turn instead of once per write, which halves the kernel's time per
+proxied request on loopback (on CPython; see docs/performance.md).  What a
+socket does not take is left to the transport's usual write path, and so is
+a connection that is closing (C{loseConnection} sends the queue first) or
+already buffering.  TLS and other transports get a plain C{write}.
 
 L{dispatching} marks a stretch of work (one C{dataReceived}) during which a
 response head may wait for its body, so that head and body leave in one
@@ -60,9 +62,12 @@ def directWrite(transport, data: bytes) -> None:
         if size <= _QUEUE_LIMIT:
             if not queue:
                 # nothing buffered: not writing, not queued yet
+                if not _queued:
+                    reactor = transport.reactor
+                    # golb's reactor flushes around each poll itself
+                    if _flushCall is None and not getattr(reactor, "flushesWrites", False):
+                        _flushCall = reactor.callLater(0, flushQueued)
                 _queued.append(transport)
-                if _flushCall is None:
-                    _flushCall = transport.reactor.callLater(0, flushQueued)
             queue.append(data)
             transport._tempDataLen = size
             return
@@ -74,7 +79,10 @@ def flushQueued() -> None:
     Send the bytes L{directWrite} queued, one C{send} per connection.
     """
     global _flushCall, _queued
-    _flushCall = None
+    if _flushCall is not None:
+        if _flushCall.active():
+            _flushCall.cancel()
+        _flushCall = None
     queued = _queued
     _queued = []
     for transport in queued:

@@ -19,6 +19,8 @@ golb} keeps Twisted's own), and so do golb's worker processes.
 import errno
 import sys
 
+from golb import _writes
+
 __all__ = ["GolbReactor", "install", "installIfUnchosen"]
 
 try:
@@ -35,10 +37,17 @@ if EPollReactor is not None:
         a legacy logging context around it.
         """
 
+        # golb._writes: bytes queued by directWrite are sent by doPoll
+        flushesWrites = True
+
         def doPoll(self, timeout):
             """
-            Poll for events and handle them.
+            Send the queued writes, poll for events and handle them, then send
+            the writes they queued.
             """
+            if _writes._queued:
+                # queued by timers or other work since the last poll
+                _writes.flushQueued()
             if timeout is None:
                 timeout = -1
             try:
@@ -53,6 +62,8 @@ if EPollReactor is not None:
                 selectable = selectables.get(fd)
                 if selectable is not None:
                     handle(selectable, fd, event)
+            if _writes._queued:
+                _writes.flushQueued()
 
         doIteration = doPoll
 

@@ -9,6 +9,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from golb._writes import directWrite
 from golb.reactor import GolbReactor, installIfUnchosen
 
 
@@ -16,7 +17,7 @@ class Echo(Protocol):
     def dataReceived(self, data):
         if data == b"boom":
             raise ValueError("protocol bug")
-        self.transport.write(data.upper())
+        directWrite(self.transport, data.upper())
 
     def connectionLost(self, reason):
         self.factory.lost.append(reason)
@@ -63,7 +64,17 @@ class GolbReactorTests(SynchronousTestCase):
     def test_events(self):
         """
         Sockets' events reach their protocols: the server accepts, reads
-        and answers.
+        and answers.  What a protocol queued with C{directWrite} leaves when
+        the reactor has handled the poll's events, without a timed call.
+        """
+        self.client.sendall(b"hello")
+        self.turn(lambda: self.factory.lost or self.receive() is not None or
+                  self.reactor.getDelayedCalls())
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_answers(self):
+        """
+        The answer arrives.
         """
         self.client.sendall(b"hello")
         received = []
