@@ -9,6 +9,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from golb import _writes
 from golb._writes import directWrite
 from golb.reactor import GolbReactor, installIfUnchosen
 
@@ -67,6 +68,7 @@ class GolbReactorTests(SynchronousTestCase):
         and answers.  What a protocol queued with C{directWrite} leaves when
         the reactor has handled the poll's events, without a timed call.
         """
+        self.patch(_writes, "batching", True)
         self.client.sendall(b"hello")
         self.turn(lambda: self.factory.lost or self.receive() is not None or
                   self.reactor.getDelayedCalls())

@@ -43,7 +43,7 @@ class Accepted(Protocol):
         self.factory.accepted.callback(self)
 
 
-class DirectWriteTests(TestCase):
+class Connected:
     @defer.inlineCallbacks
     def connected(self):
         factory = Factory.forProtocol(Accepted)
@@ -55,6 +55,15 @@ class DirectWriteTests(TestCase):
         protocol = yield factory.accepted
         self.addCleanup(protocol.transport.abortConnection)
         return protocol.transport, client
+
+
+class DirectWriteTests(Connected, TestCase):
+    """
+    Batching (CPython's default): writes leave at the end of the turn.
+    """
+
+    def setUp(self):
+        self.patch(_writes, "batching", True)
 
     @defer.inlineCallbacks
     def test_sentAtEndOfTurn(self):
@@ -147,6 +156,39 @@ class DirectWriteTests(TestCase):
         transport = StringTransport()
         directWrite(transport, b"data")
         self.assertEqual(transport.value(), b"data")
+
+
+class ImmediateWriteTests(Connected, TestCase):
+    """
+    Without batching (PyPy's default): writes leave at once.
+    """
+
+    def setUp(self):
+        self.patch(_writes, "batching", False)
+
+    @defer.inlineCallbacks
+    def test_sentAtOnce(self):
+        """
+        On an idle TCP connection the bytes are on the wire when
+        C{directWrite} returns, without epoll being asked to report the
+        socket writable.
+        """
+        transport, client = yield self.connected()
+        directWrite(transport, b"hello")
+        client.settimeout(5)
+        self.assertEqual(client.recv(100), b"hello")
+        self.assertNotIn(transport, reactor.getWriters())
+
+    @defer.inlineCallbacks
+    def test_afterBuffered(self):
+        """
+        Bytes already buffered in the transport go first.
+        """
+        transport, client = yield self.connected()
+        transport.write(b"first ")
+        directWrite(transport, b"second")
+        received = yield receive(client, 12)
+        self.assertEqual(received, b"first second")
 
 
 class Channel:
