@@ -458,20 +458,32 @@ class PrivilegeTests(TestCase):
                 probe.close()
             listen = candidate
             break
-        port, _ = listenBackend(self, name="b1")
-        protocol, _ = runTwistd(self, f"""\
-listeners: [{{name: web, address: "127.0.0.1:{listen}"}}]
-backend_pools: [{{name: default, backends: [{{url: "http://127.0.0.1:{port.getHost().port}"}}]}}]
-""", extra=("--uid", "nobody", "--gid", "nogroup"))
-        yield protocol.ready
-        response = yield rawRequest(self, listen, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
-                                    until=b"b1")
-        self.assertIn(b"200 OK", response)
+        protocol = yield servesOneBackend(self, listen, ("--uid", "nobody", "--gid", "nogroup"))
         pid = protocol.transport.pid
         with open(f"/proc/{pid}/status") as f:
             uids = [line.split()[1:] for line in f if line.startswith("Uid:")][0]
         nobody = pwd.getpwnam("nobody").pw_uid
         self.assertEqual({int(uid) for uid in uids}, {nobody})
+
+
+@defer.inlineCallbacks
+def servesOneBackend(testCase, listen, extra):
+    """
+    Run twistd with C{extra} options on a listener at C{listen} in front of
+    one backend, and check a request gets the backend's 200.
+
+    @return: a L{Deferred} firing with the Twistd protocol.
+    """
+    port, _ = listenBackend(testCase, name="b1")
+    protocol, _ = runTwistd(testCase, f"""\
+listeners: [{{name: web, address: "127.0.0.1:{listen}"}}]
+backend_pools: [{{name: default, backends: [{{url: "http://127.0.0.1:{port.getHost().port}"}}]}}]
+""", extra=extra)
+    yield protocol.ready
+    response = yield rawRequest(testCase, listen, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+                                until=b"b1")
+    testCase.assertIn(b"200 OK", response)
+    return protocol
 
 
 class ReactorChoiceTests(TestCase):
@@ -486,16 +498,7 @@ class ReactorChoiceTests(TestCase):
         """
         With C{-r poll} golb runs and serves on Twisted's poll reactor.
         """
-        port, _ = listenBackend(self, name="b1")
-        listen = freePort()
-        protocol, _ = runTwistd(self, f"""\
-listeners: [{{name: web, address: "127.0.0.1:{listen}"}}]
-backend_pools: [{{name: default, backends: [{{url: "http://127.0.0.1:{port.getHost().port}"}}]}}]
-""", extra=("-r", "poll"))
-        yield protocol.ready
-        response = yield rawRequest(self, listen, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
-                                    until=b"b1")
-        self.assertIn(b"200 OK", response)
+        protocol = yield servesOneBackend(self, freePort(), ("-r", "poll"))
         self.assertIn(b"reactor class: twisted.internet.pollreactor.PollReactor.",
                       protocol.output)
 
