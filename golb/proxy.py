@@ -810,19 +810,10 @@ class Exchange:
         self.expired = True
         if self.done or self.clientGone:
             return
-        if self.queued is not None:
-            queued, self.queued = self.queued, None
-            if queued.active():
-                queued.cancel()
-            self.pool.unwait(self._dequeued)
+        stage = self._abandonUpstream()
+        if stage == "queued":
             self._fail(GolbError("upstream-timeout", "The call's deadline was exceeded."))
-        elif self.pending is not None:
-            pending, self.pending = self.pending, None
-            pending.cancel()
-        elif self.response is not None:
-            response, self.response = self.response, None
-            response.stopProducing()
-            self._release()
+        elif stage == "response":
             self.request.unregisterProducer()
             self._endGrpc(4, "The call's deadline was exceeded.")
 
@@ -844,21 +835,34 @@ class Exchange:
 
     def _clientLost(self, reason: Failure) -> None:
         self.clientGone = True
+        if self._abandonUpstream() in ("queued", "response"):
+            # a cancelled attempt ends the exchange through its failure
+            self._finishExchange()
+
+    def _abandonUpstream(self) -> Optional[str]:
+        """
+        Stop whatever the exchange waits for: its place in the pool's queue,
+        its attempt, or the backend's response body.
+
+        @return: C{"queued"}, C{"pending"} or C{"response"}, which one was
+            abandoned, or L{None} when it waited for nothing.
+        """
         if self.queued is not None:
             queued, self.queued = self.queued, None
             if queued.active():
                 queued.cancel()
             self.pool.unwait(self._dequeued)
-            self._finishExchange()
-            return
+            return "queued"
         if self.pending is not None:
             pending, self.pending = self.pending, None
             pending.cancel()
-        elif self.response is not None:
+            return "pending"
+        if self.response is not None:
             response, self.response = self.response, None
             response.stopProducing()
             self._release()
-            self._finishExchange()
+            return "response"
+        return None
 
     def _bug(self, reason: Failure) -> None:
         log.failure("Unexpected error forwarding a request", reason)

@@ -237,7 +237,7 @@ def startServer(testCase, name: str, port: Optional[int] = None,
     """
     if reactor is None:
         from twisted.internet import reactor
-    from twisted.internet.error import ProcessExitedAlready
+    from golb.test.support import stopProcess
 
     python = requireGrpcPython()
     args = [python, "-m", "golb.test.grpcfixture", "server",
@@ -246,34 +246,8 @@ def startServer(testCase, name: str, port: Optional[int] = None,
         args += ["--tls", tls[0], tls[1]]
     protocol = _makeProtocol(f"gRPC fixture server {name!r}", reactor, timeout, True)
     process = reactor.spawnProcess(protocol, python, args, env=_environment())
-
-    def stop():
-        if protocol.ended.called:
-            return None
-        try:
-            process.signalProcess("TERM")
-        except ProcessExitedAlready:
-            return protocol.ended
-        kill = reactor.callLater(5, _kill, process)
-
-        def ended(code):
-            if kill.active():
-                kill.cancel()
-            return code
-
-        return protocol.ended.addBoth(ended)
-
-    testCase.addCleanup(stop)
+    testCase.addCleanup(stopProcess, process, protocol.ended, reactor)
     return protocol.ready.addCallback(lambda actual: (actual, process))
-
-
-def _kill(process):
-    from twisted.internet.error import ProcessExitedAlready
-
-    try:
-        process.signalProcess("KILL")
-    except ProcessExitedAlready:
-        pass
 
 
 def runClient(args: Sequence, reactor=None, timeout: float = 60.0):

@@ -303,3 +303,35 @@ def waitUntil(predicate, timeout: float = 10.0, interval: float = 0.005):
         if reactor.seconds() > deadline:
             raise AssertionError(f"condition not met within {timeout}s: {predicate!r}")
         yield deferLater(reactor, interval, lambda: None)
+
+
+def stopProcess(process, ended, clock=None, grace: float = 5.0):
+    """
+    Stop a process spawned by a test: C{SIGTERM}, then C{SIGKILL} if it is
+    still running C{grace} seconds later.  For C{addCleanup}.
+
+    @param ended: a L{Deferred} that fires when the process has exited.
+    @return: C{ended}, or L{None} if it has fired already.
+    """
+    from twisted.internet.error import ProcessExitedAlready
+
+    if ended.called:
+        return None
+    if clock is None:
+        clock = reactor
+
+    def signal(name):
+        try:
+            process.signalProcess(name)
+        except ProcessExitedAlready:
+            pass
+
+    signal("TERM")
+    kill = clock.callLater(grace, signal, "KILL")
+
+    def exited(result):
+        if kill.active():
+            kill.cancel()
+        return result
+
+    return ended.addBoth(exited)

@@ -9,7 +9,7 @@ import sys
 
 import treq
 from twisted.internet import defer, reactor
-from twisted.internet.error import ConnectionRefusedError, ProcessExitedAlready
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
@@ -17,7 +17,14 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from golb.test.support import freePort, freePorts, listenBackend, rawConnect, rawRequest
+from golb.test.support import (
+    freePort,
+    freePorts,
+    listenBackend,
+    rawConnect,
+    rawRequest,
+    stopProcess,
+)
 
 
 class Twistd(ProcessProtocol):
@@ -69,16 +76,7 @@ def runTwistd(testCase, configText, extra=()):
     env = dict(os.environ)
     process = reactor.spawnProcess(protocol, sys.executable, argv, env=env)
 
-    def stop():
-        if protocol.ended.called:
-            return None
-        try:
-            process.signalProcess("TERM")
-        except ProcessExitedAlready:
-            pass
-        return protocol.ended
-
-    testCase.addCleanup(stop)
+    testCase.addCleanup(stopProcess, process, protocol.ended)
     return protocol, path
 
 
