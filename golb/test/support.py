@@ -4,7 +4,8 @@ and small HTTP clients, each cleaned up so trial sees a clean reactor.
 """
 
 import socket
-from typing import List, Optional
+from collections import deque
+from typing import Deque, List, Optional
 
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -28,17 +29,28 @@ __all__ = [
 ]
 
 
+# ports freePort handed out lately: the kernel may offer a port again as
+# soon as the probing socket closes, and two of them in one config clash
+_recentPorts: Deque[int] = deque(maxlen=512)
+
+
 def freePort() -> int:
     """
     A TCP port on 127.0.0.1 that was free a moment ago (for subprocesses that
-    must be told their port in advance).
+    must be told their port in advance), and not one this process was given
+    lately.
     """
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
+    for _ in range(100):
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        finally:
+            s.close()
+        if port not in _recentPorts:
+            _recentPorts.append(port)
+            return port
+    raise RuntimeError("no fresh free port found")
 
 
 def freePorts(count: int) -> int:
@@ -54,6 +66,7 @@ def freePorts(count: int) -> int:
                 s = socket.socket()
                 sockets.append(s)
                 s.bind(("127.0.0.1", first + offset))
+            _recentPorts.extend(range(first + 1, first + count))
             return first
         except OSError:
             continue

@@ -12,7 +12,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -78,6 +78,36 @@ def runTwistd(testCase, configText, extra=()):
 
     testCase.addCleanup(stopProcess, process, protocol.ended)
     return protocol, path
+
+
+class FreePortTests(SynchronousTestCase):
+    """
+    The test helper that picks ports for twistd configs.
+    """
+
+    def test_distinct(self):
+        """
+        When the kernel offers a port again as soon as the probe closes,
+        freePort does not hand it out twice, so two services of one config
+        never get the same one.
+        """
+        from golb.test import support
+
+        offered = iter([40001, 40001, 40002])
+
+        class Probe:
+            def bind(self, address):
+                self.port = next(offered)
+
+            def getsockname(self):
+                return ("127.0.0.1", self.port)
+
+            def close(self):
+                pass
+
+        self.patch(support.socket, "socket", Probe)
+        self.patch(support, "_recentPorts", support.deque(maxlen=8))
+        self.assertEqual([support.freePort(), support.freePort()], [40001, 40002])
 
 
 class EndToEndTests(TestCase):
